@@ -1,0 +1,177 @@
+"""Execute the chapters and render the book.
+
+Pipeline: each chapter notebook is executed once with papermill (its ``parameters`` cell
+overridden with the profile, device and seed) into a staging copy of the book; the staged
+copies are marked "do not execute" and jupyter-book renders them to ``_build/html``.
+Executing with papermill ourselves (rather than letting the renderer execute) is what
+lets the profile be a parameter and lets the tests reuse the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from poselab.checks import check_profile
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+NOTEBOOK_PARAMETERS = ("PROFILE", "DEVICE", "SEED")
+REFERENCE_DIR = REPO_ROOT / "tests" / "nbval"
+"""Chapters executed at ``PROFILE="fast"``: nbval re-runs them and compares the tagged cells."""
+
+
+def _toc_files(entries: list) -> list[str]:
+    files = []
+    for entry in entries or []:
+        if "file" in entry:
+            files.append(entry["file"])
+        for key in ("chapters", "sections", "parts"):
+            files += _toc_files(entry.get(key, []))
+    return files
+
+
+def chapter_notebooks(root: Path = REPO_ROOT) -> list[Path]:
+    """The ``.ipynb`` chapters listed in ``_toc.yml``, in book order."""
+    toc_path = root / "_toc.yml"
+    if not toc_path.exists():
+        raise FileNotFoundError(f"{toc_path}: the book's table of contents is missing")
+    toc = yaml.safe_load(toc_path.read_text())
+    out = []
+    for rel in _toc_files(toc.get("chapters", []) + toc.get("parts", [])):
+        path = root / (rel if rel.endswith(".ipynb") else rel + ".ipynb")
+        if path.exists():
+            out.append(path)
+    return out
+
+
+def execution_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for executing chapters: inline plotly.js (figures survive offline), pinned threads."""
+    env = {"PLOTLY_RENDERER": os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def execute_chapter(src: Path, dst: Path, profile: str = "book", device: str = "auto", seed: int = 0,
+                    progress: bool = False) -> Path:
+    """Execute notebook ``src`` with papermill into ``dst`` at ``profile``; return ``dst``.
+
+    Raises ``ValueError`` when the notebook's parameters cell does not declare
+    ``PROFILE``, ``DEVICE`` and ``SEED`` (papermill would only warn), and
+    ``papermill.PapermillExecutionError`` when a cell fails.
+    """
+    import papermill
+
+    check_profile(profile)
+    src, dst = Path(src), Path(dst)
+    declared = set(papermill.inspect_notebook(str(src)))
+    missing = set(NOTEBOOK_PARAMETERS) - declared
+    if missing:
+        raise ValueError(f"{src}: the 'parameters' cell must declare {sorted(NOTEBOOK_PARAMETERS)}; "
+                         f"missing {sorted(missing)}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    saved = {k: os.environ.get(k) for k in execution_env()}
+    os.environ.update(execution_env())  # the kernel inherits this process's environment
+    try:
+        papermill.execute_notebook(str(src), str(dst), parameters=dict(PROFILE=profile, DEVICE=device, SEED=seed),
+                                   kernel_name="python3", cwd=str(src.parent), progress_bar=progress)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return dst
+
+
+def prepare_for_render(path: Path) -> None:
+    """Mark an executed notebook "do not execute" and drop progress-bar widget outputs.
+
+    Widget outputs (tqdm bars) need the Jupyter widget manager from a CDN and show
+    nothing useful in a static page; their text fallback is kept out too.
+    """
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.setdefault("mystnb", {})["execution_mode"] = "off"
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if WIDGET_MIME not in o.get("data", {})]
+    nbformat.write(nb, path)
+
+
+def stage_book(stage: Path, executed: dict[Path, Path], root: Path = REPO_ROOT) -> Path:
+    """Copy the book sources to ``stage`` with the executed chapters in place of the originals."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, stage / name)
+    shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for src, done in executed.items():
+        target = stage / Path(src).resolve().relative_to(root.resolve())
+        shutil.copy2(done, target)
+        prepare_for_render(target)
+    return stage
+
+
+def render(stage: Path, output: Path) -> Path:
+    """Render a staged book with jupyter-book into ``output/html``; return ``index.html``.
+
+    Warnings are errors (``-W --keep-going``), so a broken page fails the build.
+    """
+    output = Path(output)
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(output.parent),
+           "-W", "--keep-going", "--all"]
+    # jupyter-book writes to <path-output>/_build/html; we ask for output = <parent>/_build.
+    if output.name != "_build":
+        raise ValueError(f"output: expected a folder named '_build', got {output}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    index = output / "html" / "index.html"
+    if not index.exists():
+        raise RuntimeError(f"jupyter-book finished but {index} is missing:\n{proc.stdout[-2000:]}")
+    return index
+
+
+def build_book(profile: str = "book", device: str = "auto", seed: int = 0, root: Path = REPO_ROOT,
+               output: Path | None = None, progress: bool = True) -> Path:
+    """Execute every chapter at ``profile`` and render the book; return the path of ``index.html``."""
+    from tqdm.auto import tqdm
+
+    check_profile(profile)
+    output = Path(output) if output is not None else root / "_build"
+    executed_dir = output / "executed"
+    executed = {}
+    for nb in tqdm(chapter_notebooks(root), desc=f"chapters ({profile})", disable=not progress):
+        executed[nb] = execute_chapter(nb, executed_dir / nb.name, profile=profile, device=device, seed=seed)
+    stage = stage_book(output / "stage", executed, root)
+    return render(stage, output)
+
+
+def refresh_references(root: Path = REPO_ROOT, progress: bool = True) -> list[Path]:
+    """Re-execute every chapter at ``fast`` into ``tests/nbval/`` (the nbval references).
+
+    Run this (``python -m poselab book --refresh-references``) after editing a chapter, on a
+    machine with the CI thread count (2), and commit the result.
+    """
+    from tqdm.auto import tqdm
+
+    out = []
+    for nb in tqdm(chapter_notebooks(root), desc="references", disable=not progress):
+        dst = execute_chapter(nb, REFERENCE_DIR / nb.name, profile="fast")
+        reference = nbformat.read(dst, as_version=4)
+        reference.metadata.pop("widgets", None)
+        for cell in reference.cells:  # keep the references small and diff-friendly
+            if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
+                cell.outputs = []
+        nbformat.write(reference, dst)
+        out.append(dst)
+    return out

@@ -1,0 +1,22 @@
+"""One module per chapter. Each has ``run(profile, device, seed, progress) -> Results``."""
+
+from __future__ import annotations
+
+import importlib
+
+from poselab.checks import check_choice, check_profile
+from poselab.results import Results
+
+EXPERIMENTS = {
+    "data": "poselab.experiments.data",
+}
+"""Experiment name -> module. The chapter that shows each one is named in its module docstring."""
+
+
+def run_experiment(name: str, profile: str = "book", device: str = "auto", seed: int = 0,
+                   progress: bool = True) -> Results:
+    """Run experiment ``name`` at ``profile`` and return its :class:`~poselab.results.Results`."""
+    check_choice("experiment", name, tuple(EXPERIMENTS))
+    check_profile(profile)
+    module = importlib.import_module(EXPERIMENTS[name])
+    return module.run(profile=profile, device=device, seed=seed, progress=progress)

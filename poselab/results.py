@@ -1,0 +1,121 @@
+"""What an experiment returns: its measurements and the paper's claims checked against them.
+
+A chapter prints its "Paper vs this book" table from :class:`Results.claims`; nothing in
+that table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Claim:
+    """One claim of a paper, checked on our data.
+
+    Attributes:
+        id: short stable identifier (``"gap"``).
+        claim: the claim in words.
+        paper: the paper's figure or statement (text: papers report in their own units).
+        measured: our figure (text, with units).
+        holds: ``True``/``False`` as measured; ``None`` when the measurement cannot decide.
+    """
+
+    id: str
+    claim: str
+    paper: str
+    measured: str
+    holds: bool | None
+
+    def __post_init__(self) -> None:
+        if self.holds is not None and not isinstance(self.holds, bool):
+            raise TypeError(f"Claim {self.id!r}: holds must be True, False or None, got {self.holds!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tensors/NumPy scalars into plain JSON values; non-finite floats become None."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class Results:
+    """Measurements of one experiment run.
+
+    ``metrics`` holds plain numbers (JSON-serialisable); ``artifacts`` holds objects the
+    chapter plots (histories, trained models, arrays) and is not serialised.
+    """
+
+    experiment: str
+    profile: str
+    device: str
+    seed: int
+    seconds: float
+    metrics: dict[str, Any]
+    claims: list[Claim]
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document written by ``python -m poselab reproduce``."""
+        return {
+            "experiment": self.experiment,
+            "profile": self.profile,
+            "device": self.device,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+            "metrics": _jsonable(self.metrics),
+            "claims": [asdict(c) for c in self.claims],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` (parent folders are created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def claims_rows(self) -> list[list[str]]:
+        """Rows ``[claim, paper, ours, holds]`` with holds as ``yes``/``no``/``undecided``."""
+        verdict = {True: "yes", False: "no", None: "undecided"}
+        return [[c.claim, c.paper, c.measured, verdict[c.holds]] for c in self.claims]
+
+    def claims_table(self) -> str:
+        """The claims as a plain-text table (for terminals and logs)."""
+        header = ["claim", "paper", "ours", "holds"]
+        rows = [header] + self.claims_rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()  # noqa: E731
+        return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]])
+
+    def claims_markdown(self) -> str:
+        """The claims as a Markdown table (what the chapters display)."""
+        esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+        out = ["| claim | paper | ours | holds |", "|---|---|---|---|"]
+        out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.claims_rows()]
+        return "\n".join(out)
+
+    def summary(self) -> str:
+        """A readable report: header, metrics, claims table."""
+        head = (f"{self.experiment}  profile={self.profile}  device={self.device}  "
+                f"seed={self.seed}  {self.seconds:.1f} s")
+        metric_lines = [f"  {k}: {_fmt(v)}" for k, v in self.metrics.items()]
+        return "\n".join([head, "metrics:", *metric_lines, "claims:", self.claims_table()])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
