@@ -63,8 +63,9 @@ def check_same_shape(**arrays: torch.Tensor | np.ndarray) -> None:
 
 def check_positive(arg: str, value: float, *, allow_zero: bool = False) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or not ok:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{arg}: expected a finite number {bound}, got {value!r}")
     return value

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from poselab.checks import (check_choice, check_positive, check_profile, check_same_shape, check_shape,
+                            resolve_device, seed_everything)
+
+
+def test_check_shape_accepts_matching_and_symbolic_sizes():
+    check_shape("x", torch.zeros(4, 17, 3), ("B", 17, 3))
+    check_shape("x", np.zeros((2, 5, 2)), (None, "J", 2))
+
+
+@pytest.mark.parametrize("shape, expected, match", [
+    ((4, 16, 3), ("B", 17, 3), r"x: expected shape \(B, 17, 3\), got \(4, 16, 3\)"),
+    ((17, 3), ("B", 17, 3), "got \\(17, 3\\)"),
+    ((3, 3, 2), ("J", "J", 3), "got \\(3, 3, 2\\)"),
+    ((3, 4, 3), ("J", "J", 3), "equal 'J' sizes"),
+])
+def test_check_shape_rejects_with_a_message_naming_both_shapes(shape, expected, match):
+    with pytest.raises(ValueError, match=match):
+        check_shape("x", torch.zeros(shape), expected)
+
+
+def test_check_same_shape_names_every_argument():
+    check_same_shape(a=torch.zeros(2, 3), b=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"pred \(2, 3\), target \(3, 2\)"):
+        check_same_shape(pred=torch.zeros(2, 3), target=torch.zeros(3, 2))
+
+
+def test_check_choice_and_profile_list_the_choices():
+    assert check_choice("rig", "studio", ("studio", "wild")) == "studio"
+    with pytest.raises(ValueError, match="unknown rig 'lab'; expected one of 'studio', 'wild'"):
+        check_choice("rig", "lab", ("studio", "wild"))
+    assert check_profile("fast") == "fast"
+    with pytest.raises(ValueError, match="'fast', 'book', 'full'"):
+        check_profile("quick")
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "1"])
+def test_check_positive_rejects(value):
+    with pytest.raises(ValueError, match="expected a finite number > 0"):
+        check_positive("sigma", value)
+
+
+def test_check_positive_allow_zero():
+    assert check_positive("sigma", 0.0, allow_zero=True) == 0.0
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device: expected 'auto'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_seed_everything_makes_torch_and_numpy_reproducible():
+    seed_everything(3)
+    a = (torch.rand(3), np.random.rand(3))
+    g = seed_everything(3)
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert isinstance(g, torch.Generator)
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        seed_everything(1.5)

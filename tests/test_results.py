@@ -1,0 +1,40 @@
+import json
+import math
+
+import pytest
+import torch
+
+from poselab.results import Claim, Results
+
+
+def _results():
+    return Results(experiment="demo", profile="fast", device="cpu", seed=0, seconds=1.23456,
+                   metrics={"a": torch.tensor(1.5), "nested": {"b": 2.0, "nan": math.nan}},
+                   claims=[Claim("c1", "error falls", "10 mm", "8.0 mm", True),
+                           Claim("c2", "x | y", "qualitative", "n/a", None)])
+
+
+def test_to_dict_is_json_with_the_documented_keys(tmp_path):
+    res = _results()
+    path = res.save(tmp_path / "out" / "r.json")
+    doc = json.loads(path.read_text())
+    assert set(doc) == {"experiment", "profile", "device", "seed", "seconds", "metrics", "claims"}
+    assert doc["metrics"] == {"a": 1.5, "nested": {"b": 2.0, "nan": None}}
+    assert doc["claims"][0] == {"id": "c1", "claim": "error falls", "paper": "10 mm", "measured": "8.0 mm",
+                                "holds": True}
+    assert doc["seconds"] == 1.235
+
+
+def test_tables_show_every_claim_and_verdict():
+    res = _results()
+    table = res.claims_table()
+    assert "error falls" in table and "undecided" in table and "yes" in table
+    md = res.claims_markdown().splitlines()
+    assert md[0] == "| claim | paper | ours | holds |"
+    assert md[3] == "| x \\| y | qualitative | n/a | undecided |"
+    assert "profile=fast" in res.summary()
+
+
+def test_claim_holds_must_be_a_bool_or_none():
+    with pytest.raises(TypeError, match="holds must be True, False or None"):
+        Claim("c", "claim", "p", "m", 1)

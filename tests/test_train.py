@@ -1,0 +1,317 @@
+"""Tests for poselab.train: convergence, reproducibility, exact resume, checkpoints, eval, History."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import poselab.train as train_mod
+from poselab.train import History, evaluate, load_checkpoint, mpjpe_loss, train_model
+
+J = 4
+
+
+def make_data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, J, 2) inputs and a fixed linear (N, J, 3) target, in 'metres'."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, J, 2, generator=g)
+    w = torch.randn(J * 2, J * 3, generator=torch.Generator().manual_seed(99)) * 0.3
+    y = (x.reshape(n, -1) @ w).reshape(n, J, 3)
+    return x, y
+
+
+def make_model(init_seed: int = 0, dropout: float = 0.2) -> nn.Module:
+    torch.manual_seed(init_seed)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(J * 2, 32),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(32, J * 3),
+        nn.Unflatten(1, (J, 3)),
+    )
+
+
+FAST = dict(batch_size=16, lr=1e-2, device="cpu", progress=False)
+
+
+def states_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_loss_decreases_and_records_fields():
+    data = make_data()
+    hist = train_model(make_model(dropout=0.0), data, epochs=15, **FAST)
+    losses = hist.column("train_loss")
+    assert len(hist) == 15 and hist.column("epoch") == list(range(1, 16))
+    assert losses[-1] < 0.3 * losses[0]
+    assert set(hist.last) == {"epoch", "train_loss", "lr", "seconds"}
+
+
+def test_lr_decays_exponentially_per_epoch():
+    hist = train_model(make_model(), make_data(), epochs=3, lr_decay=0.5, **{**FAST, "lr": 0.01})
+    assert hist.column("lr") == pytest.approx([0.01, 0.005, 0.0025], rel=1e-12)
+
+
+def test_accepts_dataset_objects_with_inputs_targets():
+    x, y = make_data()
+    ds = SimpleNamespace(inputs=x, targets=y)
+    h1 = train_model(m1 := make_model(), ds, epochs=2, **FAST)
+    h2 = train_model(m2 := make_model(), (x, y), epochs=2, **FAST)
+    assert h1.column("train_loss") == h2.column("train_loss") and states_equal(m1, m2)
+
+
+def test_same_seed_bitwise_identical_different_seed_differs():
+    data = make_data()
+    m1, m2, m3 = make_model(), make_model(), make_model()
+    h1 = train_model(m1, data, epochs=3, seed=5, **FAST)
+    h2 = train_model(m2, data, epochs=3, seed=5, **FAST)
+    h3 = train_model(m3, data, epochs=3, seed=6, **FAST)
+    assert states_equal(m1, m2) and h1.column("train_loss") == h2.column("train_loss")
+    assert not states_equal(m1, m3)
+
+
+def test_grad_clipping_changes_the_updates():
+    data = make_data()
+    m1, m2 = make_model(), make_model()
+    train_model(m1, data, epochs=1, **FAST)
+    train_model(m2, data, epochs=1, max_grad_norm=1e-3, **FAST)
+    assert not states_equal(m1, m2)
+
+
+class Interrupt:
+    """Callback that simulates a disconnect after a given epoch."""
+
+    def __init__(self, after: int):
+        self.after, self.seen = after, []
+
+    def __call__(self, epoch, history, model):
+        self.seen.append(epoch)
+        assert history.last["epoch"] == epoch
+        if epoch == self.after:
+            raise KeyboardInterrupt
+
+
+def _interrupted_then_resumed(tmp_path, data):
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    stopper = Interrupt(after=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(make_model(), data, epochs=4, checkpoint_path=ckpt, callbacks=[stopper], **FAST)
+    assert stopper.seen == [1, 2]
+    saved = load_checkpoint(ckpt)  # epoch 2 is on disk, and nothing half-written next to it
+    assert saved["epoch"] == 2 and len(saved["history"]["records"]) == 2
+    assert list(ckpt.parent.iterdir()) == [ckpt]
+    torch.rand(1000)  # the new "session" has a different global RNG state
+    later = Interrupt(after=-1)
+    resumed = make_model(init_seed=123)  # fresh process: different init, overwritten by the checkpoint
+    hist = train_model(resumed, data, epochs=4, checkpoint_path=ckpt, resume=True, callbacks=later, **FAST)
+    assert later.seen == [3, 4]
+    return resumed, hist
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    data = make_data()
+    full = make_model()
+    full_hist = train_model(full, data, epochs=4, **FAST)
+    resumed, hist = _interrupted_then_resumed(tmp_path, data)
+    assert states_equal(full, resumed)
+    assert torch.equal(torch.tensor(hist.column("train_loss")), torch.tensor(full_hist.column("train_loss")))
+    assert hist.column("epoch") == [1, 2, 3, 4]
+
+
+def test_resume_without_rng_restore_would_differ(tmp_path, monkeypatch):
+    """Control: the Dropout masks make the RNG restoration necessary, so the test above can fail."""
+    data = make_data()
+    full = make_model()
+    train_model(full, data, epochs=4, **FAST)
+    monkeypatch.setattr(train_mod, "_set_rng_state", lambda state, device: None)
+    resumed, _ = _interrupted_then_resumed(tmp_path, data)
+    assert not states_equal(full, resumed)
+
+
+def test_complete_checkpoint_returns_history_without_training(tmp_path):
+    data = make_data()
+    ckpt = tmp_path / "c.pt"
+    trained = make_model()
+    first = train_model(trained, data, epochs=2, checkpoint_path=ckpt, **FAST)
+    calls = []
+    fresh = make_model(init_seed=7)
+    again = train_model(fresh, data, epochs=2, checkpoint_path=ckpt, callbacks=[lambda *a: calls.append(a)], **FAST)
+    assert calls == []
+    assert again.to_dict() == first.to_dict()
+    assert states_equal(fresh, trained)  # the finished weights are handed back too
+
+
+def test_resume_false_starts_over(tmp_path):
+    data = make_data()
+    ckpt = tmp_path / "c.pt"
+    train_model(make_model(), data, epochs=2, checkpoint_path=ckpt, **FAST)
+    calls = []
+    train_model(
+        make_model(), data, epochs=2, checkpoint_path=ckpt, resume=False,
+        callbacks=lambda e, h, m: calls.append(e), **FAST,
+    )
+    assert calls == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(lr=5e-3), "lr"),
+        (dict(batch_size=8), "batch_size"),
+        (dict(epochs=5), "epochs"),
+        (dict(seed=1), "seed"),
+        (dict(data=make_data(n=32)), "num_samples"),
+        (dict(data=make_data(seed=3)), "data_checksum"),
+        (dict(model=nn.Sequential(nn.Flatten(), nn.Linear(J * 2, J * 3), nn.Unflatten(1, (J, 3)))), "parameters"),
+    ],
+)
+def test_incompatible_checkpoint_raises(tmp_path, change, name):
+    ckpt = tmp_path / "c.pt"
+    base = dict(FAST, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(make_model(), make_data(), checkpoint_path=ckpt, callbacks=[Interrupt(1)], **base)
+    change = dict(change)
+    data = change.pop("data", make_data())
+    model = change.pop("model", make_model())
+    with pytest.raises(ValueError, match=rf"incompatible training configuration \(.*{name}.*resume=False"):
+        train_model(model, data, checkpoint_path=ckpt, **{**base, **change})
+
+
+def test_foreign_checkpoint_file_raises(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    torch.save({"weights": torch.zeros(3)}, ckpt)
+    with pytest.raises(ValueError, match="c.pt.*expected format"):
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=ckpt, **FAST)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="c.pt.*could not be read"):
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=ckpt, **FAST)
+
+
+def test_eval_metrics_recorded_every_epoch():
+    data, val = make_data(), make_data(n=40, seed=1)
+    model = make_model()
+    hist = train_model(model, data, epochs=3, eval_sets={"val": val, "train": data}, eval_batch_size=7, **FAST)
+    assert all(k in r for r in hist.records for k in ("val/mpjpe_mm", "train/mpjpe_mm"))
+    # the last epoch's value is the final model's MPJPE in mm, computed by hand (eval mode: no dropout)
+    model.eval()
+    with torch.no_grad():
+        expected = 1000 * (model(val[0]) - val[1]).norm(dim=-1).mean().item()
+    assert hist.last["val/mpjpe_mm"] == pytest.approx(expected, rel=1e-5)
+    assert model.training is False  # the caller's mode is kept
+
+
+def test_custom_eval_fn_and_batched_average():
+    x, y = make_data(n=50)
+
+    def eval_fn(model, inputs, targets):
+        err = (model(inputs) - targets).abs()
+        return {"mae": err.mean().item(), "n_under": (err < 0.5).float().mean().item()}
+
+    model = make_model()
+    full = evaluate(model, (x, y), eval_fn=eval_fn, batch_size=None, device="cpu")
+    batched = evaluate(model, (x, y), eval_fn=eval_fn, batch_size=7, device="cpu")
+    assert full.keys() == {"mae", "n_under"}
+    assert batched == pytest.approx(full, rel=1e-5)
+    assert model.training  # mode restored
+    hist = train_model(model, (x, y), epochs=2, eval_sets={"v": (x, y)}, eval_fn=eval_fn, **FAST)
+    assert {"v/mae", "v/n_under"} <= set(hist.last)
+
+
+def test_evaluate_default_is_mpjpe_mm_known_answer():
+    # identity "model" on 3D inputs: error of each joint is exactly 0.003 m -> 3 mm
+    targets = torch.zeros(5, 2, 3)
+    inputs = targets + torch.tensor([0.0, 0.0, 0.003])
+    assert evaluate(nn.Identity(), (inputs, targets), device="cpu") == pytest.approx({"mpjpe_mm": 3.0})
+
+
+def test_mpjpe_loss_known_answer_and_shape_check():
+    targets = torch.zeros(2, 1, 3)
+    inputs = torch.tensor([[[3.0, 4.0, 0.0]], [[0.0, 0.0, 1.0]]])
+    assert mpjpe_loss(nn.Identity(), inputs, targets).item() == pytest.approx(3.0)  # (5 + 1) / 2
+    with pytest.raises(ValueError, match="model output"):
+        mpjpe_loss(nn.Identity(), torch.zeros(2, 1, 2), targets)
+
+
+def test_history_round_trip_and_helpers():
+    hist = train_model(make_model(), make_data(), epochs=2, eval_sets={"val": make_data(8)}, **FAST)
+    back = History.from_dict(json.loads(json.dumps(hist.to_dict())))
+    assert back == hist and len(back) == 2 and back.last == hist.records[-1]
+    assert back.column("epoch") == [1, 2]
+    with pytest.raises(KeyError, match="'nope'.*available keys"):
+        back.column("nope")
+    with pytest.raises(ValueError, match="empty"):
+        History().last
+    with pytest.raises(ValueError, match="records"):
+        History.from_dict({"rows": []})
+
+
+def test_progress_false_prints_nothing_true_prints(capsys):
+    data = make_data()
+    train_model(make_model(), data, epochs=2, eval_sets={"val": data}, **FAST)
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    train_model(make_model(), data, epochs=2, eval_sets={"val": data}, **{**FAST, "progress": True})
+    out, err = capsys.readouterr()
+    assert "2/2" in out + err
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(train_set=(torch.zeros(5, J, 2), torch.zeros(6, J, 3))), ValueError, "same number of samples"),
+        (dict(train_set=(torch.zeros(0, J, 2), torch.zeros(0, J, 3))), ValueError, "empty"),
+        (dict(train_set=[1, 2, 3]), TypeError, "pair"),
+        (dict(train_set=object()), TypeError, r"\.inputs and \.targets"),
+        (dict(train_set=(torch.zeros(5, J, 2), [0] * 5)), TypeError, "targets should be a torch.Tensor"),
+        (dict(epochs=0), ValueError, "epochs: expected an int >= 1, got 0"),
+        (dict(epochs=2.0), TypeError, "epochs"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(batch_size=-3), ValueError, "batch_size"),
+        (dict(lr=float("nan")), ValueError, "lr: expected a finite number"),
+        (dict(lr=-1.0), ValueError, "lr"),
+        (dict(lr="0.1"), TypeError, "lr"),
+        (dict(lr_decay=1.5), ValueError, "lr_decay"),
+        (dict(weight_decay=-1e-4), ValueError, "weight_decay"),
+        (dict(max_grad_norm=0.0), ValueError, "max_grad_norm"),
+        (dict(device="gpu0"), ValueError, "device"),
+        (dict(seed=1.5), TypeError, "seed"),
+        (dict(eval_sets=[make_data()]), TypeError, "eval_sets"),
+        (dict(eval_sets={"v": (torch.zeros(3, J, 2), torch.zeros(4, J, 3))}), ValueError, r"eval_sets\['v'\]"),
+        (dict(loss_fn="mse"), TypeError, "loss_fn"),
+        (dict(callbacks=[None]), TypeError, r"callbacks\[0\]"),
+        (dict(model=lambda x: x), TypeError, "model"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, exc, match):
+    args = dict(model=make_model(), train_set=make_data(8), epochs=1, batch_size=4, device="cpu", progress=False)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        train_model(args.pop("model"), args.pop("train_set"), **args)
+
+
+def test_non_scalar_loss_and_non_finite_loss_raise(tmp_path):
+    data = make_data(8)
+    with pytest.raises(ValueError, match="loss_fn: expected a scalar"):
+        train_model(make_model(), data, epochs=1, loss_fn=lambda m, x, y: (m(x) - y).abs(), **FAST)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        nan_loss = lambda m, x, y: m(x).sum() * float("nan")  # noqa: E731
+        train_model(make_model(), data, epochs=1, checkpoint_path=ckpt, loss_fn=nan_loss, **FAST)
+    assert not ckpt.exists()  # a broken epoch is never checkpointed
+
+
+def test_a_trailing_single_sample_batch_does_not_break_batchnorm():
+    from poselab.models.lifting import build_lifter
+
+    torch.manual_seed(0)
+    model = build_lifter("mlp", hidden=16, num_blocks=1)
+    x, y = torch.randn(9, 17, 2), torch.randn(9, 17, 3)  # 9 % 4 == 1: the last batch would hold one sample
+    history = train_model(model, (x, y), epochs=2, batch_size=4, progress=False)
+    assert len(history) == 2 and all(math.isfinite(v) for v in history.column("train_loss"))
