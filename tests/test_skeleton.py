@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from poselab.data.skeleton import CMU31, CMU_HEAD_TOP, CMU_TO_H36M, H36M17, Skeleton, cmu_to_h36m
+
+SKELETONS = [CMU31, H36M17]
+
+
+@pytest.mark.parametrize("skel", SKELETONS, ids=lambda s: s.name)
+def test_topology_invariants(skel):
+    assert len(skel.joint_names) == len(skel.parents) == skel.num_joints
+    assert skel.parents[0] == -1
+    assert all(0 <= p < j for j, p in enumerate(skel.parents) if j > 0)
+    assert len(skel.limbs) == skel.num_joints - 1
+    assert {c for _, c in skel.limbs} == set(range(1, skel.num_joints))
+    assert all(skel.parents[c] == p for p, c in skel.limbs)
+
+
+def _side_swapped(name: str) -> str:
+    for left, right in (("Left", "Right"), ("L", "R")):
+        if name.startswith(left):
+            return right + name[len(left) :]
+    raise AssertionError(f"{name} does not start with a left prefix")
+
+
+@pytest.mark.parametrize("skel", SKELETONS, ids=lambda s: s.name)
+def test_symmetric_pairs_are_left_right(skel):
+    for left, right in skel.symmetric_joints:
+        assert _side_swapped(skel.joint_names[left]) == skel.joint_names[right]
+    # every L*/R* joint is in exactly one pair
+    paired = [j for pair in skel.symmetric_joints for j in pair]
+    assert len(paired) == len(set(paired))
+    def has_side(n: str) -> bool:
+        return n.startswith(("Left", "Right")) or (n[0] in "LR" and n[1].isupper())
+
+    sided = {j for j, n in enumerate(skel.joint_names) if has_side(n)}
+    assert sided == set(paired)
+
+
+@pytest.mark.parametrize("skel", SKELETONS, ids=lambda s: s.name)
+def test_symmetric_limbs(skel):
+    limbs = set(skel.limbs)
+    assert len(skel.symmetric_limbs) == len(skel.symmetric_joints)
+    for (lp, lc), (rp, rc) in skel.symmetric_limbs:
+        assert (lp, lc) in limbs and (rp, rc) in limbs
+        assert (lc, rc) in skel.symmetric_joints
+
+
+def test_known_layouts():
+    assert CMU31.num_joints == 31 and H36M17.num_joints == 17
+    assert list(CMU31.parents) == [-1, 0, 1, 2, 3, 4, 0, 6, 7, 8, 9, 0, 11, 12, 13, 14, 15, 13, 17, 18, 19, 20, 21,
+                                   20, 13, 24, 25, 26, 27, 28, 27]  # fmt: skip
+    assert list(H36M17.parents) == [-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15]
+    assert CMU31.joint_names[16] == "Head" and CMU31.index("RThumb") == 30
+    assert H36M17.index("Neck/Nose") == 9 and H36M17.index("RWrist") == 16
+    assert len(CMU31.symmetric_joints) == 12 and len(H36M17.symmetric_joints) == 6
+
+
+def test_index_unknown_name_lists_valid_names():
+    with pytest.raises(KeyError, match="LeftHand.*RThumb"):
+        CMU31.index("LeftPaw")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(joint_names=("a", "b"), parents=(-1,)), "one parent per joint"),
+        (dict(joint_names=("a", "a"), parents=(-1, 0)), "unique"),
+        (dict(joint_names=("a", "b"), parents=(0, -1)), "root"),
+        (dict(joint_names=("a", "b", "c"), parents=(-1, 2, 1)), r"parents\[1\] < 1"),
+        (dict(joint_names=("a", "b"), parents=(-1, 0), symmetric_joints=((1, 5),)), "symmetric pair"),
+    ],
+)
+def test_skeleton_rejects_bad_topology(kwargs, match):
+    kwargs.setdefault("symmetric_joints", ())
+    with pytest.raises(ValueError, match=match):
+        Skeleton(name="bad", **kwargs)
+
+
+EXPECTED_MAP = {  # H36M17 name -> CMU source (name, or "HeadTop" for the Head End Site)
+    "Hip": "Hips", "RHip": "RightUpLeg", "RKnee": "RightLeg", "RFoot": "RightFoot",
+    "LHip": "LeftUpLeg", "LKnee": "LeftLeg", "LFoot": "LeftFoot", "Spine": "Spine", "Thorax": "Neck",
+    "Neck/Nose": "Head", "Head": "HeadTop", "LShoulder": "LeftArm", "LElbow": "LeftForeArm",
+    "LWrist": "LeftHand", "RShoulder": "RightArm", "RElbow": "RightForeArm", "RWrist": "RightHand",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_cmu_to_h36m_selects_documented_joints(backend):
+    # points whose coordinates encode their CMU index, with a leading batch of 2 x 3
+    base = np.arange(32, dtype=np.float64)[:, None] * np.array([1.0, 10.0, 100.0])
+    pts = np.broadcast_to(base, (2, 3, 32, 3)).copy()
+    pts = torch.from_numpy(pts) if backend == "torch" else pts
+    out = cmu_to_h36m(pts)
+    assert type(out) is type(pts) and tuple(out.shape) == (2, 3, 17, 3) and out.dtype == pts.dtype
+    for h, name in enumerate(H36M17.joint_names):
+        src = EXPECTED_MAP[name]
+        c = CMU_HEAD_TOP if src == "HeadTop" else CMU31.index(src)
+        assert np.asarray(out[1, 2, h]).tolist() == [c, 10 * c, 100 * c], name
+    assert len(CMU_TO_H36M) == 17
+
+
+def test_cmu_to_h36m_returns_a_copy():
+    pts = torch.zeros(32, 3)
+    out = cmu_to_h36m(pts)
+    out += 1
+    assert pts.abs().sum() == 0
+
+
+@pytest.mark.parametrize("shape", [(31, 3), (5, 32, 2), (32,)])
+def test_cmu_to_h36m_bad_shape(shape):
+    with pytest.raises(ValueError, match=r"points: expected shape \(\.\.\., 32, 3\)"):
+        cmu_to_h36m(torch.zeros(shape))
+
+
+def test_cmu_to_h36m_bad_type():
+    with pytest.raises(TypeError, match="points"):
+        cmu_to_h36m([[0.0, 0.0, 0.0]] * 32)
