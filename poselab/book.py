@@ -127,7 +127,7 @@ def render(stage: Path, output: Path) -> Path:
     Warnings are errors (``-W --keep-going``), so a broken page fails the build.
     """
     output = Path(output)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(output.parent),
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(stage), "--path-output", str(output.parent),
            "-W", "--keep-going", "--all"]
     # jupyter-book writes to <path-output>/_build/html; we ask for output = <parent>/_build.
     if output.name != "_build":

@@ -189,3 +189,14 @@ def bars_figure(groups: dict[str, dict[str, float]], ylabel: str, title: str = "
     fig.update_layout(barmode="group", title=title, yaxis_title=ylabel, height=380,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def histogram_figure(samples: dict[str, Sequence[float]], xlabel: str, title: str = "", bins: int = 40) -> go.Figure:
+    """Overlaid normalised histograms of several named samples (e.g. DAR per split)."""
+    fig = go.Figure()
+    for name, values in samples.items():
+        fig.add_trace(go.Histogram(x=_np(values).ravel(), name=name, opacity=0.6, nbinsx=bins,
+                                   histnorm="probability density"))
+    fig.update_layout(barmode="overlay", title=title, xaxis_title=xlabel, yaxis_title="density", height=360,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig

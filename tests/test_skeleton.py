@@ -117,3 +117,13 @@ def test_cmu_to_h36m_bad_shape(shape):
 def test_cmu_to_h36m_bad_type():
     with pytest.raises(TypeError, match="points"):
         cmu_to_h36m([[0.0, 0.0, 0.0]] * 32)
+
+
+def test_cmu_to_h36m_table_names_every_joint_and_its_source():
+    from poselab.data.skeleton import cmu_to_h36m_table
+
+    table = cmu_to_h36m_table()
+    assert len(table) == H36M17.num_joints
+    assert table[0] == ("Hip", "Hips")
+    assert table[10] == ("Head", "Head End Site")
+    assert table[16] == ("RWrist", "RightHand")

@@ -262,3 +262,12 @@ def cmu_to_h36m(points: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         index = torch.tensor(CMU_TO_H36M, device=points.device)
         return points.index_select(-2, index)
     return points[..., list(CMU_TO_H36M), :]
+
+
+def cmu_to_h36m_table() -> list[tuple[str, str]]:
+    """The CMU -> H36M17 map as ``(H36M17 joint name, CMU source name)`` rows, in H36M17 order.
+
+    The source of the head top is the ``Head`` End Site, named ``"Head End Site"``.
+    """
+    source = CMU31.joint_names + ("Head End Site",)
+    return [(H36M17.joint_names[i], source[s]) for i, s in enumerate(CMU_TO_H36M)]

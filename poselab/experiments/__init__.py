@@ -8,7 +8,7 @@ from poselab.checks import check_choice, check_profile
 from poselab.results import Results
 
 EXPERIMENTS = {
-    "data": "poselab.experiments.data",
+    "data": "poselab.experiments.data",  # chapter 0
 }
 """Experiment name -> module. The chapter that shows each one is named in its module docstring."""
 

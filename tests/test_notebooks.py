@@ -1,0 +1,81 @@
+"""Every chapter executed with papermill at PROFILE="fast", book conventions, and a render of the book.
+
+nbval (``--nbval-lax``, cells tagged ``nbval-check-output``) re-runs the references in
+``tests/nbval/``; :func:`test_references_match_chapters` keeps those references in step
+with the chapters.
+"""
+
+import re
+
+import nbformat
+import pytest
+
+from poselab import book
+
+CHAPTERS = book.chapter_notebooks()
+pytestmark = pytest.mark.notebook
+
+
+def _code_sources(nb):
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("executed")
+    return {nb: book.execute_chapter(nb, out / nb.name, profile="fast", device="cpu", seed=0) for nb in CHAPTERS}
+
+
+def test_the_book_has_chapters():
+    assert CHAPTERS, "no chapter notebooks listed in _toc.yml"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_follows_the_conventions(chapter):
+    nb = nbformat.read(chapter, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "import poselab" in code[0].source and "pip install" in code[0].source, "first cell: guarded install"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    for name in book.NOTEBOOK_PARAMETERS:
+        assert re.search(rf"^{name} = ", params[0].source, re.M), f"parameters cell lacks {name}"
+    assert 'PROFILE = "book"' in params[0].source
+    headings = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("#")]
+    assert "Paper vs this book" in headings[-1], "the chapter must end with its claims table"
+    assert all(not c.outputs for c in code), "commit chapters without outputs (the book executes them)"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_executes_at_fast(chapter, executed):
+    nb = nbformat.read(executed[chapter], as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and 'PROFILE = "fast"' in injected[0].source
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    assert any("| claim | paper | ours | holds |" in m for m in markdown), "no claims table was displayed"
+    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs), "no plotly figure"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_references_match_chapters(chapter):
+    reference = book.REFERENCE_DIR / chapter.name
+    assert reference.exists(), f"missing nbval reference {reference}: run python -m poselab book --refresh-references"
+    assert _code_sources(nbformat.read(reference, as_version=4)) == _code_sources(nbformat.read(chapter, as_version=4)), \
+        "the nbval reference is stale: run python -m poselab book --refresh-references"
+    ref = nbformat.read(reference, as_version=4)
+    checked = [c for c in ref.cells if "nbval-check-output" in c.metadata.get("tags", [])]
+    assert checked and all(c.outputs for c in checked), "nbval must have outputs to compare"
+
+
+def test_book_renders_offline(executed, tmp_path):
+    stage = book.stage_book(tmp_path / "stage", executed)
+    index = book.render(stage, tmp_path / "_build")
+    assert index.exists()
+    for chapter in CHAPTERS:
+        page = (index.parent / "book" / f"{chapter.stem}.html").read_text()
+        assert "Plotly.newPlot" in page, f"{chapter.stem}: plotly figures missing from the page"
+        assert not re.search(r'<script[^>]+src="https?://[^"]*plotly', page), "plotly.js must be inline"
+        assert "colab.research.google.com" in page, "Open-in-Colab button missing"
+        assert "Paper vs this book" in page
