@@ -35,7 +35,8 @@ def test_the_book_has_chapters():
 def test_chapter_follows_the_conventions(chapter):
     nb = nbformat.read(chapter, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "import poselab" in code[0].source and "pip install" in code[0].source, "first cell: guarded install"
+    assert "import poselab" in code[0].source and re.search(r"pip\W+install", code[0].source), \
+        "the first cell must install poselab when it is not importable (Colab)"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     for name in book.NOTEBOOK_PARAMETERS:
