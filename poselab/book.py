@@ -53,7 +53,8 @@ def chapter_notebooks(root: Path = REPO_ROOT) -> list[Path]:
 
 def execution_env(threads: int | None = None) -> dict[str, str]:
     """Environment for executing chapters: inline plotly.js (figures survive offline), pinned threads."""
-    env = {"PLOTLY_RENDERER": os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")}
+    # plotly's default renderer under papermill emits only JSON, which the HTML book drops.
+    env = {"PLOTLY_RENDERER": "plotly_mimetype+notebook"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
