@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--out", default=None, help="write the results as JSON to this file")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.add_argument("--checkpoint-dir", default=None,
+                     help="checkpoint training every epoch into this folder; a rerun resumes from it")
 
     bench = sub.add_parser("bench", help="print performance ratios as JSON")
     bench.add_argument("--device", default="auto")
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from poselab.experiments import run_experiment
 
         results = run_experiment(args.experiment, profile=args.profile, device=args.device, seed=args.seed,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
         if args.out:
             results.save(args.out)
         print(results.summary())

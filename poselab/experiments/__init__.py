@@ -14,9 +14,13 @@ EXPERIMENTS = {
 
 
 def run_experiment(name: str, profile: str = "book", device: str = "auto", seed: int = 0,
-                   progress: bool = True) -> Results:
-    """Run experiment ``name`` at ``profile`` and return its :class:`~poselab.results.Results`."""
+                   progress: bool = True, checkpoint_dir: str | None = None) -> Results:
+    """Run experiment ``name`` at ``profile`` and return its :class:`~poselab.results.Results`.
+
+    With ``checkpoint_dir``, training checkpoints every epoch into that folder and a rerun
+    resumes where the last one stopped (e.g. a folder on Google Drive, on Colab).
+    """
     check_choice("experiment", name, tuple(EXPERIMENTS))
     check_profile(profile)
     module = importlib.import_module(EXPERIMENTS[name])
-    return module.run(profile=profile, device=device, seed=seed, progress=progress)
+    return module.run(profile=profile, device=device, seed=seed, progress=progress, checkpoint_dir=checkpoint_dir)

@@ -1,0 +1,41 @@
+"""The chapter-0 experiment: its helpers, its claims logic and its checkpointed rerun."""
+
+import pytest
+import torch
+
+from poselab.experiments import data as exp
+
+
+def test_dar_groups_partition_the_samples_in_increasing_dar():
+    class Fake:
+        dar = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2], dtype=torch.float64)
+
+    groups = exp.dar_groups(Fake(), 3)
+    assert sorted(torch.cat(groups).tolist()) == list(range(6))
+    assert [Fake.dar[g].tolist() for g in groups] == [[0.1, 0.2], [0.3, 0.5], [0.7, 0.9]]
+    with pytest.raises(ValueError, match="groups: expected an int >= 2"):
+        exp.dar_groups(Fake(), 1)
+
+
+def _metrics(in_mm, cross_mm, low_mm, high_mm):
+    return {"test_in": {"mpjpe_mm": in_mm}, "test_cross": {"mpjpe_mm": cross_mm},
+            "test_in_by_dar": {"low_dar": {"mpjpe_mm": low_mm}, "high_dar": {"mpjpe_mm": high_mm}}}
+
+
+@pytest.mark.parametrize("values, expected", [
+    ((50.0, 100.0, 40.0, 60.0), {"simple_baseline_in_domain": True, "cross_domain_gap": True, "high_dar_is_harder": True}),
+    ((90.0, 100.0, 70.0, 60.0), {"simple_baseline_in_domain": False, "cross_domain_gap": False, "high_dar_is_harder": False}),
+    ((68.0, 81.7, 1.0, 1.0), {"simple_baseline_in_domain": True, "cross_domain_gap": True, "high_dar_is_harder": False}),
+])
+def test_claims_follow_the_measurements(values, expected):
+    claims = {c.id: c.holds for c in exp._claims(_metrics(*values))}
+    assert claims == expected
+
+
+def test_checkpointed_rerun_resumes_instead_of_retraining(tmp_path):
+    first = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
+    assert (tmp_path / "data-fast-seed0.pt").exists()
+    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
+    assert second.metrics == first.metrics
+    assert second.artifacts["history"].records == first.artifacts["history"].records
+    assert {k for k in first.metrics} >= {"train", "test_in", "test_cross", "samples", "test_in_by_dar"}
