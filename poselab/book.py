@@ -167,7 +167,8 @@ def refresh_references(root: Path = REPO_ROOT, progress: bool = True) -> list[Pa
 
     out = []
     for nb in tqdm(chapter_notebooks(root), desc="references", disable=not progress):
-        dst = execute_chapter(nb, REFERENCE_DIR / nb.name, profile="fast")
+        # device="cpu": the references are CPU numbers, and nbval re-runs the injected parameters.
+        dst = execute_chapter(nb, REFERENCE_DIR / nb.name, profile="fast", device="cpu")
         reference = nbformat.read(dst, as_version=4)
         reference.metadata.pop("widgets", None)
         for cell in reference.cells:  # keep the references small and diff-friendly

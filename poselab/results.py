@@ -23,6 +23,8 @@ class Claim:
         paper: the paper's figure or statement (text: papers report in their own units).
         measured: our figure (text, with units).
         holds: ``True``/``False`` as measured; ``None`` when the measurement cannot decide.
+        note: for a claim that does not hold here, the likely reason (computed from the
+            measurements where possible); empty otherwise.
     """
 
     id: str
@@ -30,6 +32,7 @@ class Claim:
     paper: str
     measured: str
     holds: bool | None
+    note: str = ""
 
     def __post_init__(self) -> None:
         if self.holds is not None and not isinstance(self.holds, bool):
@@ -86,22 +89,22 @@ class Results:
         return path
 
     def claims_rows(self) -> list[list[str]]:
-        """Rows ``[claim, paper, ours, holds]`` with holds as ``yes``/``no``/``undecided``."""
+        """Rows ``[claim, paper, ours, holds, note]`` with holds as ``yes``/``no``/``undecided``."""
         verdict = {True: "yes", False: "no", None: "undecided"}
-        return [[c.claim, c.paper, c.measured, verdict[c.holds]] for c in self.claims]
+        return [[c.claim, c.paper, c.measured, verdict[c.holds], c.note] for c in self.claims]
 
     def claims_table(self) -> str:
         """The claims as a plain-text table (for terminals and logs)."""
-        header = ["claim", "paper", "ours", "holds"]
+        header = ["claim", "paper", "ours", "holds", "likely reason if not"]
         rows = [header] + self.claims_rows()
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()  # noqa: E731
         return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]])
 
     def claims_markdown(self) -> str:
         """The claims as a Markdown table (what the chapters display)."""
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-        out = ["| claim | paper | ours | holds |", "|---|---|---|---|"]
+        out = ["| claim | paper | ours | holds | likely reason if not |", "|---|---|---|---|---|"]
         out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.claims_rows()]
         return "\n".join(out)
 

@@ -207,12 +207,14 @@ def test_split_definition_by_subject():
     all_named = [n for names in clips.values() for n in names]
     assert len(all_named) == len(set(all_named))  # no clip in two splits
     excluded = excluded_clips()
-    assert sorted(excluded) == ["08_02", "09_11", "49_08", "55_01"]
-    assert sorted(all_named + excluded) == sorted(info)  # every clip accounted for
+    assert sorted(excluded) == ["05_01", "08_02", "09_11", "49_08", "55_01"]
+    assert "short torso" in excluded["08_02"] and "walk" in excluded["05_01"]
+    assert sorted(all_named + list(excluded)) == sorted(info)  # every clip accounted for
     assert all(info[n].proportions not in EXCLUDED_PROPORTIONS for n in all_named)
     # the cross-domain activities appear nowhere in training
     train_activities = {info[n].activity for n in clips["train"]}
-    assert not {"playground", "dance"} & train_activities
+    assert not {info[n].activity for n in clips["test_cross"]} & train_activities
+    assert {info[n].activity for n in clips["test_cross"]} == {"playground", "dance"}
 
 
 def test_splits_share_no_subject_or_clip(splits):

@@ -70,8 +70,10 @@ def test_forward_is_head_of_encoder(name):
     with torch.no_grad():
         features = model.encoder(x)
         assert features.shape == (5, model.feature_dim)
-        expected = model.head(features).view(5, J, 3)
-        torch.testing.assert_close(model(x), expected)
+        raw = model.head(features).view(5, J, 3)
+        torch.testing.assert_close(model(x), raw - raw[:, :1])
+        torch.testing.assert_close(model(x), model.to_pose(model.head(features)))
+        assert torch.equal(model(x)[:, model.root], torch.zeros(5, 3))  # root-relative by construction
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ def _results():
     return Results(experiment="demo", profile="fast", device="cpu", seed=0, seconds=1.23456,
                    metrics={"a": torch.tensor(1.5), "nested": {"b": 2.0, "nan": math.nan}},
                    claims=[Claim("c1", "error falls", "10 mm", "8.0 mm", True),
-                           Claim("c2", "x | y", "qualitative", "n/a", None)])
+                           Claim("c2", "x | y", "qualitative", "n/a", None, note="too few samples")])
 
 
 def test_to_dict_is_json_with_the_documented_keys(tmp_path):
@@ -21,7 +21,7 @@ def test_to_dict_is_json_with_the_documented_keys(tmp_path):
     assert set(doc) == {"experiment", "profile", "device", "seed", "seconds", "metrics", "claims"}
     assert doc["metrics"] == {"a": 1.5, "nested": {"b": 2.0, "nan": None}}
     assert doc["claims"][0] == {"id": "c1", "claim": "error falls", "paper": "10 mm", "measured": "8.0 mm",
-                                "holds": True}
+                                "holds": True, "note": ""}
     assert doc["seconds"] == 1.235
 
 
@@ -30,8 +30,8 @@ def test_tables_show_every_claim_and_verdict():
     table = res.claims_table()
     assert "error falls" in table and "undecided" in table and "yes" in table
     md = res.claims_markdown().splitlines()
-    assert md[0] == "| claim | paper | ours | holds |"
-    assert md[3] == "| x \\| y | qualitative | n/a | undecided |"
+    assert md[0] == "| claim | paper | ours | holds | likely reason if not |"
+    assert md[3] == "| x \\| y | qualitative | n/a | undecided | too few samples |"
     assert "profile=fast" in res.summary()
 
 

@@ -125,7 +125,8 @@ def _check_dropout(value) -> float:
 
 
 class Lifter(nn.Module):
-    """A 2D-to-3D lifter: ``encoder`` (B, J, 2) -> (B, F), ``head`` = ``nn.Linear(F, J * 3)``.
+    """A 2D-to-3D lifter: ``encoder`` (B, J, 2) -> (B, F), ``head`` = ``nn.Linear(F, J * 3)``,
+    then :meth:`to_pose` (reshape and subtract the root joint).
 
     Attributes:
         encoder: the backbone; returns flat features ``(B, feature_dim)``.
@@ -141,10 +142,25 @@ class Lifter(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(feature_dim, num_joints * 3)
 
+    root: int = 0
+    """Index of the root joint (pelvis in the Human3.6M layout): predictions are relative to it."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, J, 2) normalised 2D keypoints -> (B, J, 3) root-relative 3D pose in metres."""
         check_keypoints(x, self.num_joints, self.head.weight)
-        return self.head(self.encoder(x)).view(x.shape[0], self.num_joints, 3)
+        return self.to_pose(self.head(self.encoder(x)))
+
+    def to_pose(self, head_output: torch.Tensor) -> torch.Tensor:
+        """Head output ``(B, J * 3)`` -> root-relative pose ``(B, J, 3)`` (the root joint is exactly 0).
+
+        The targets are root-relative, so the predictions are made so by construction: the
+        predicted root is subtracted from every joint. SimpleBaseline instead predicts only the
+        J - 1 non-root joints; both give the same function class, and this keeps one head
+        layout for every backbone. Wrappers that replace ``head`` (adaptive scaling,
+        ensembles) call this on their own head outputs.
+        """
+        pose = head_output.view(head_output.shape[0], self.num_joints, 3)
+        return pose - pose[:, self.root : self.root + 1]
 
     @property
     def num_parameters(self) -> int:
