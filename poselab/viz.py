@@ -147,7 +147,7 @@ def projections_figure(keypoints, sizes, skeleton, titles: Sequence[str] | None 
     """
     keypoints, sizes = _np(keypoints), _np(sizes)
     check_shape("keypoints", keypoints, ("C", skeleton.num_joints, 2))
-    check_shape("sizes", sizes, ("C", 2))
+    check_shape("sizes", sizes, (keypoints.shape[0], 2))
     n = keypoints.shape[0]
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))

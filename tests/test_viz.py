@@ -1,0 +1,58 @@
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from poselab import viz
+from poselab.data.cameras import make_rig
+from poselab.data.skeleton import H36M17
+
+
+def _pose(frames=None):
+    gen = torch.Generator().manual_seed(0)
+    shape = (17, 3) if frames is None else (frames, 17, 3)
+    return torch.rand(shape, generator=gen) + torch.tensor([0.0, 0.5, 0.0])
+
+
+def test_skeleton_animation_has_a_frame_per_stride_and_a_slider():
+    fig = viz.skeleton_animation(_pose(10), H36M17, fps=30, stride=3)
+    assert isinstance(fig, go.Figure)
+    assert len(fig.frames) == 4  # frames 0, 3, 6, 9
+    assert len(fig.layout.sliders[0].steps) == 4
+    assert len(fig.data) == 3  # left, right, centre limbs
+
+
+def test_limb_traces_hold_every_limb_once():
+    fig = viz.skeleton_animation(_pose(1), H36M17)
+    segments = sum(np.isnan(np.asarray(t.x, dtype=float)).sum() for t in fig.data)
+    assert segments == len(H36M17.limbs)
+
+
+def test_plot_axes_are_a_proper_rotation_with_y_up():
+    pts = np.array([[1.0, 2.0, 3.0]])
+    assert np.allclose(viz._to_plot_axes(pts), [[1.0, -3.0, 2.0]])
+
+
+def test_camera_rig_and_projection_figures():
+    rig = make_rig("studio")
+    fig = viz.camera_rig_figure(rig, _pose(), H36M17, extra=[(rig[:2], "two", "#000")])
+    assert [t.name for t in fig.data][-2:] == ["camera", "two"]
+    fig = viz.projections_figure(rig.project(_pose()), rig.size, H36M17)
+    assert len(fig.layout.annotations) == 4  # one title per view
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: viz.skeleton_animation(torch.zeros(5, 16, 3), H36M17), r"joints: expected shape \(\*, 17, 3\)"),
+    (lambda: viz.skeleton_animation(torch.zeros(5, 17, 3), H36M17, stride=0), "stride: expected an int >= 1"),
+    (lambda: viz.projections_figure(torch.zeros(2, 17, 2), torch.zeros(3, 2), H36M17), r"sizes: expected shape \(2, 2\)"),
+    (lambda: viz.curves_figure([1, 2], {"a": [1.0]}, "x", "y"), "series 'a': expected 2 values"),
+])
+def test_bad_input_is_rejected(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bars_curves_histogram():
+    assert len(viz.bars_figure({"a": {"x": 1.0, "y": 2.0}, "b": {"x": 3.0}}, "mm").data) == 2
+    assert len(viz.curves_figure([1, 2], {"a": [1.0, 2.0]}, "x", "y").data) == 1
+    assert len(viz.histogram_figure({"a": torch.rand(10), "b": np.ones(4)}, "dar").data) == 2
