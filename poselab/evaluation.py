@@ -1,4 +1,4 @@
-"""Evaluate a 2D-to-3D lifter on a lifting dataset: the standard table of 3D metrics."""
+"""Evaluate a 2D-to-3D lifter: batched prediction and the standard table of 3D metrics."""
 
 from __future__ import annotations
 
@@ -37,8 +37,3 @@ def lifting_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float
         "auc": float(metrics.auc3d(pred, target)),
     }
 
-
-def evaluate_lifter(model: torch.nn.Module, dataset, device: str | torch.device = "auto") -> dict[str, float]:
-    """:func:`lifting_metrics` of ``model`` on a dataset with ``.inputs`` (N, J, 2) and ``.targets`` (N, J, 3)."""
-    pred = predict(model, dataset.inputs, device=device)
-    return lifting_metrics(pred, dataset.targets.cpu())

@@ -38,10 +38,11 @@ def _side(skeleton, joint: int) -> str:
 
 def _limb_segments(points: np.ndarray, skeleton) -> dict[str, np.ndarray]:
     """Per body side, the limb segments of one pose (J, 3) as one polyline with NaN breaks."""
-    out: dict[str, list] = {"left": [], "right": [], "centre": []}
-    for parent, child in skeleton.limbs:
-        out[_side(skeleton, child)] += [points[parent], points[child], np.full(3, np.nan)]
-    return {k: np.array(v) if v else np.zeros((0, 3)) for k, v in out.items()}
+    limbs = np.array(skeleton.limbs)  # (L, 2) parent, child
+    sides = np.array([_side(skeleton, child) for child in limbs[:, 1]])
+    # (L, 3, 3): parent point, child point, NaN break
+    segments = np.stack([points[limbs[:, 0]], points[limbs[:, 1]], np.full((len(limbs), 3), np.nan)], axis=1)
+    return {side: segments[sides == side].reshape(-1, 3) for side in SIDE_COLOURS}
 
 
 def _skeleton_traces(points: np.ndarray, skeleton, name: str = "", showlegend: bool = True) -> list[go.Scatter3d]:

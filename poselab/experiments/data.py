@@ -14,7 +14,7 @@ import torch
 
 from poselab.checks import check_profile, resolve_device, seed_everything
 from poselab.data.lifting import build_lifting_splits
-from poselab.evaluation import evaluate_lifter, lifting_metrics, predict
+from poselab.evaluation import lifting_metrics, predict
 from poselab.models.lifting import build_lifter
 from poselab.results import Claim, Results
 from poselab.train import train_model
@@ -41,11 +41,10 @@ def dar_groups(dataset, groups: int = 3) -> list[torch.Tensor]:
     return list(torch.tensor_split(order, groups))
 
 
-def metrics_by_dar(model, dataset, groups: int = 3, device="auto") -> dict[str, dict]:
-    """:func:`~poselab.evaluation.lifting_metrics` per DAR group (``low``/``mid``/``high`` for 3 groups),
-    each with its ``dar_range``."""
+def metrics_by_dar(pred: torch.Tensor, dataset, groups: int = 3) -> dict[str, dict]:
+    """:func:`~poselab.evaluation.lifting_metrics` of predictions ``pred`` (N, J, 3) per DAR group of
+    ``dataset`` (``low``/``mid``/``high`` for 3 groups), each with its ``dar_range``."""
     labels = ("low", "mid", "high") if groups == 3 else tuple(f"g{i}" for i in range(groups))
-    pred = predict(model, dataset.inputs, device=device)
     return {f"{label}_dar": {"dar_range": [float(dataset.dar[idx].min()), float(dataset.dar[idx].max())],
                              **lifting_metrics(pred[idx], dataset.targets[idx])}
             for label, idx in zip(labels, dar_groups(dataset, groups))}
@@ -78,10 +77,11 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                           lr_decay=cfg["lr_decay"], eval_sets={k: splits[k] for k in ("test_in", "test_cross")},
                           device=dev, seed=seed, checkpoint_path=ckpt, progress=progress)
 
-    metrics: dict = {name: evaluate_lifter(model, split, device=dev) for name, split in splits.items()}
+    preds = {name: predict(model, split.inputs, device=dev) for name, split in splits.items()}
+    metrics: dict = {name: lifting_metrics(preds[name], split.targets) for name, split in splits.items()}
     metrics["samples"] = {name: len(split) for name, split in splits.items()}
     for name in ("test_in", "test_cross"):
-        metrics[f"{name}_by_dar"] = metrics_by_dar(model, splits[name], device=dev)
+        metrics[f"{name}_by_dar"] = metrics_by_dar(preds[name], splits[name])
 
     claims = _claims(metrics)
     return Results(experiment="data", profile=profile, device=str(dev), seed=seed,
