@@ -104,6 +104,88 @@ def bench_lifter_steps(device: torch.device, repeats: int, batch_size: int = 256
     return out
 
 
+def training_step_seconds(models: dict[str, torch.nn.Module], inputs: torch.Tensor, targets: torch.Tensor,
+                          loss_fn: Callable, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time (seconds) of one training step (forward, ``loss_fn``, backward, Adam) per model.
+
+    Within each repeat the models take one step each, in turn, so that a change of machine load
+    hits all of them alike: their *ratios* stay meaningful on a busy machine. The models are
+    trained in place (pass fresh copies). One warm-up step each comes first.
+    """
+    x, y = inputs.to(device), targets.to(device)
+    steps = {}
+    for name, model in models.items():
+        model.to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model, x, y).backward()
+            opt.step()
+        steps[name] = step
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(repeats + 1):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if repeat:  # the first round is the warm-up
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_ensemble_step(device: torch.device, repeats: int, num_heads: int = 5,
+                        batch_size: int = 256) -> dict[str, float]:
+    """Training step of an M-head ASM ensemble on one encoder vs one network vs M independent networks.
+
+    All use the default MLP lifter; the M independent networks are stepped one after the other
+    (what training M separate models costs, without an ensemble's shared encoder).
+    """
+    from poselab.methods.flat_ensemble import FlatEnsemble, ensemble_loss
+    from poselab.models.lifting import build_lifter
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 17, 2, generator=gen)
+    y = torch.randn(batch_size, 17, 3, generator=gen)
+    torch.manual_seed(0)
+    models = {"single": build_lifter("mlp"), "ensemble": FlatEnsemble(build_lifter("mlp"), num_heads=num_heads),
+              **{f"independent_{i}": build_lifter("mlp") for i in range(num_heads)}}
+    t = training_step_seconds(models, x, y, ensemble_loss, max(repeats, 3), device)
+    independent = sum(t[f"independent_{i}"] for i in range(num_heads))
+    return {"num_heads": float(num_heads), "single_ms": 1000 * t["single"], "ensemble_ms": 1000 * t["ensemble"],
+            "independent_ms": 1000 * independent, "ensemble_ratio_vs_single": t["ensemble"] / t["single"],
+            "independent_ratio_vs_single": independent / t["single"]}
+
+
+def bench_hessian_vector_product(device: torch.device, repeats: int, batch_size: int = 1024) -> dict[str, float]:
+    """One Hessian-vector product of the MPJPE training loss vs one gradient (default MLP lifter, eval mode)."""
+    from poselab import landscape
+    from poselab.models.lifting import build_lifter
+    from poselab.train import mpjpe_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 17, 2, generator=gen).to(device)
+    y = torch.randn(batch_size, 17, 3, generator=gen).to(device)
+    y = y - y[:, :1]
+    torch.manual_seed(0)
+    model = build_lifter("mlp").to(device).eval()
+    vector = landscape.random_direction(model, generator=gen, normalization="none")
+
+    def gradient():
+        model.zero_grad(set_to_none=True)
+        mpjpe_loss(model, x, y).backward()
+
+    def hvp():
+        landscape.hessian_vector_product(model, [(x, y)], vector)
+
+    t_grad = _median_seconds(gradient, repeats, device)
+    t_hvp = _median_seconds(hvp, repeats, device)
+    return {"gradient_ms": 1000 * t_grad, "hvp_ms": 1000 * t_hvp, "hvp_ratio_vs_gradient": t_hvp / t_grad}
+
+
 def run_benchmarks(device: str = "auto", repeats: int = 5) -> dict[str, Any]:
     """Run every benchmark; return a JSON-serialisable report."""
     if not isinstance(repeats, int) or repeats < 1:
@@ -119,5 +201,7 @@ def run_benchmarks(device: str = "auto", repeats: int = 5) -> dict[str, Any]:
             "forward_kinematics": bench_forward_kinematics(dev, repeats),
             "lifting_data_build": bench_lifting_data(repeats),
             "lifter_train_step": bench_lifter_steps(dev, repeats),
+            "ensemble_train_step": bench_ensemble_step(dev, repeats),
+            "hessian_vector_product": bench_hessian_vector_product(dev, repeats),
         },
     }

@@ -201,3 +201,173 @@ def histogram_figure(samples: dict[str, Sequence[float]], xlabel: str, title: st
     fig.update_layout(barmode="overlay", title=title, xaxis_title=xlabel, yaxis_title="density", height=360,
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+# ------------------------------------------------------------------------ landscapes
+
+
+def camera_to_upright(points):
+    """Camera-frame points (OpenCV: x right, y down, z forward) -> an upright frame (+Y up) for plotting.
+
+    A rotation by 180 degrees about x: ``(x, -y, -z)``; shapes ``(..., 3)``.
+    """
+    p = _np(points)
+    return np.stack([p[..., 0], -p[..., 1], -p[..., 2]], axis=-1)
+
+
+def surface_figure(alphas, betas, loss, title: str = "", zlabel: str = "loss") -> go.Figure:
+    """A 2D loss landscape as a 3D surface (left) and a contour map (right).
+
+    Args:
+        alphas, betas: ``(A,)`` and ``(B,)`` step sizes along the two directions.
+        loss: ``(A, B)`` loss at ``theta + alphas[i] d_x + betas[j] d_y``.
+    """
+    alphas, betas, loss = _np(alphas).ravel(), _np(betas).ravel(), _np(loss)
+    check_shape("loss", loss, (len(alphas), len(betas)))
+    z = loss.T  # plotly: z[row = y index][col = x index]
+    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]],
+                        subplot_titles=("surface", "contours"), horizontal_spacing=0.08)
+    fig.add_trace(go.Surface(x=alphas, y=betas, z=z, colorscale="Viridis", showscale=False), 1, 1)
+    fig.add_trace(go.Contour(x=alphas, y=betas, z=z, colorscale="Viridis", ncontours=20,
+                             colorbar=dict(title=zlabel), contours=dict(showlabels=True)), 1, 2)
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers", marker=dict(symbol="x", size=10, color="white"),
+                             name="trained solution", showlegend=False), 1, 2)
+    fig.update_layout(title=title, height=460, margin=dict(l=10, r=10, t=60, b=10),
+                      scene=dict(xaxis_title="alpha", yaxis_title="beta", zaxis_title=zlabel))
+    fig.update_xaxes(title="alpha", row=1, col=2)
+    fig.update_yaxes(title="beta", row=1, col=2)
+    return fig
+
+
+def surfaces_figure(alphas, betas, losses: dict, title: str = "", zlabel: str = "loss") -> go.Figure:
+    """Contour maps of several 2D landscapes side by side on one colour scale (e.g. without / with ASM).
+
+    ``losses[name]`` is ``(A, B)`` over ``alphas`` x ``betas``.
+    """
+    alphas, betas = _np(alphas).ravel(), _np(betas).ravel()
+    grids = {name: _np(v) for name, v in losses.items()}
+    for name, grid in grids.items():
+        check_shape(f"losses[{name!r}]", grid, (len(alphas), len(betas)))
+    lo = min(float(g.min()) for g in grids.values())
+    hi = max(float(g.max()) for g in grids.values())
+    fig = make_subplots(rows=1, cols=len(grids), subplot_titles=list(grids), horizontal_spacing=0.08)
+    for i, grid in enumerate(grids.values()):
+        fig.add_trace(go.Contour(x=alphas, y=betas, z=grid.T, zmin=lo, zmax=hi, colorscale="Viridis",
+                                 ncontours=20, showscale=i == len(grids) - 1, colorbar=dict(title=zlabel),
+                                 contours=dict(showlabels=True)), 1, i + 1)
+        fig.update_xaxes(title="alpha", row=1, col=i + 1)
+        fig.update_yaxes(title="beta", row=1, col=i + 1)
+    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def _walk_traces(alphas, losses, k, pose, target, skeleton):
+    """Traces of one step of :func:`landscape_walk_figure`: the curve marker and the two skeletons."""
+    marker = go.Scatter(x=[alphas[k]], y=[losses[k]], mode="markers", marker=dict(size=14, color="#d62728"),
+                        name="here", showlegend=False)
+    truth = _skeleton_traces(camera_to_upright(target), skeleton, name="truth", showlegend=False)
+    for t in truth:
+        t.line.color, t.marker.color, t.opacity = "#999999", "#999999", 0.6
+    pred = _skeleton_traces(camera_to_upright(pose), skeleton, name="prediction", showlegend=False)
+    return [marker, *truth, *pred]
+
+
+def landscape_walk_figure(alphas, losses, poses, target, skeleton, title: str = "",
+                          ylabel: str = "loss (mm)") -> go.Figure:
+    """Walk along a direction in parameter space: the 1D loss curve with a slider-driven marker
+    (left) and the network's prediction for one pose at that point against the truth (right).
+
+    A static figure (plotly frames): it works in the rendered book without a kernel.
+
+    Args:
+        alphas: ``(A,)`` steps along the direction; losses: ``(A,)`` loss at each step.
+        poses: ``(A, J, 3)`` the prediction for one input at each step (camera frame, metres).
+        target: ``(J, 3)`` its ground truth (camera frame, metres).
+    """
+    alphas, losses, poses, target = _np(alphas).ravel(), _np(losses).ravel(), _np(poses), _np(target)
+    check_shape("losses", losses, (len(alphas),))
+    check_shape("poses", poses, (len(alphas), skeleton.num_joints, 3))
+    check_shape("target", target, (skeleton.num_joints, 3))
+    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "xy"}, {"type": "scene"}]], column_widths=[0.45, 0.55],
+                        subplot_titles=("loss along the direction", "prediction (colour) vs truth (grey)"))
+    fig.add_trace(go.Scatter(x=alphas, y=losses, mode="lines", line=dict(color="#1f77b4"), showlegend=False), 1, 1)
+    start = int(np.argmin(np.abs(alphas)))
+    for tr in _walk_traces(alphas, losses, start, poses[start], target, skeleton):
+        fig.add_trace(tr, 1, 1 if isinstance(tr, go.Scatter) else 2)
+    moving = list(range(1, len(fig.data)))  # every trace but the curve changes from step to step
+    fig.frames = [go.Frame(data=_walk_traces(alphas, losses, k, poses[k], target, skeleton), traces=moving,
+                           name=str(k)) for k in range(len(alphas))]
+    steps = [dict(method="animate", label=f"{a:+.2f}",
+                  args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
+             for k, a in enumerate(alphas)]
+    every = np.concatenate([camera_to_upright(poses).reshape(-1, 3), camera_to_upright(target)])
+    fig.update_layout(title=title, height=520, margin=dict(l=10, r=10, t=60, b=10),
+                      scene=_equal_scene(_to_plot_axes(every)),
+                      sliders=[dict(steps=steps, active=start, currentvalue=dict(prefix="alpha = "), pad=dict(t=40))])
+    fig.update_xaxes(title="alpha", row=1, col=1)
+    fig.update_yaxes(title=ylabel, row=1, col=1)
+    return fig
+
+
+def landscape_walk_widget(predict_at, alphas, losses, target, skeleton, ylabel: str = "loss (mm)"):
+    """The live version of :func:`landscape_walk_figure`: an ipywidgets slider that moves the network.
+
+    ``predict_at(alpha) -> (J, 3)`` recomputes the prediction at any ``alpha`` (camera frame,
+    metres), so the slider is continuous, not limited to precomputed steps; the marker's loss is
+    read off the precomputed curve (linear interpolation). Callbacks need a
+    running kernel: the rendered book shows :func:`landscape_walk_figure` instead.
+
+    Returns:
+        an ``ipywidgets.VBox`` (slider above the figure).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    alphas, losses = _np(alphas).ravel(), _np(losses).ravel()
+    check_shape("losses", losses, (len(alphas),))
+    slider = widgets.FloatSlider(value=0.0, min=float(alphas.min()), max=float(alphas.max()),
+                                 step=float((alphas.max() - alphas.min()) / 100), description="alpha",
+                                 continuous_update=False, readout_format="+.2f")
+    out = widgets.Output()
+
+    def draw(change=None):
+        a = slider.value
+        pose = _np(predict_at(a))[None]
+        loss_here = np.interp(a, alphas, losses)
+        fig = landscape_walk_figure(np.array([a]), np.array([loss_here]), pose, target, skeleton, ylabel=ylabel)
+        fig.add_trace(go.Scatter(x=alphas, y=losses, mode="lines", line=dict(color="#1f77b4"), showlegend=False),
+                      1, 1)
+        fig.layout.sliders = []
+        fig.frames = []
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+
+    slider.observe(draw, names="value")
+    draw()
+    return widgets.VBox([slider, out])
+
+
+def curves_grid_figure(x, panels: dict[str, dict[str, Sequence[float]]], xlabel: str, ylabel: str,
+                       title: str = "", cols: int = 4) -> go.Figure:
+    """Small multiples: one line plot per panel (``panels[panel][series] = ys`` over a shared ``x``),
+    the same series in the same colour in every panel."""
+    if not panels:
+        raise ValueError("panels: expected at least one panel, got none")
+    cols = min(cols, len(panels))
+    rows = int(np.ceil(len(panels) / cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(panels), shared_yaxes=True)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    colours: dict[str, str] = {}
+    for i, (panel, series) in enumerate(panels.items()):
+        for name, ys in series.items():
+            if len(ys) != len(x):
+                raise ValueError(f"panel {panel!r}, series {name!r}: expected {len(x)} values to match x, got {len(ys)}")
+            first = name not in colours
+            colour = colours.setdefault(name, palette[len(colours) % len(palette)])
+            fig.add_trace(go.Scatter(x=list(x), y=list(ys), mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=first, line=dict(color=colour)), i // cols + 1, i % cols + 1)
+        fig.update_xaxes(title=xlabel, row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(title=ylabel, col=1)
+    fig.update_layout(title=title, height=340 * rows, margin=dict(l=10, r=10, t=60, b=10))
+    return fig

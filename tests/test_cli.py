@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from poselab.__main__ import main
 
@@ -35,12 +36,15 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     assert main(["bench", "--device", "cpu", "--repeats", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
     entries = report["entries"]
-    assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step"}
+    assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step",
+                            "ensemble_train_step", "hessian_vector_product"}
     from poselab.models.lifting import LIFTERS
 
     assert set(entries["lifter_train_step"]) == set(LIFTERS)
     assert entries["lifter_train_step"]["mlp"]["ratio_vs_mlp"] == 1.0
-    flat = [v for e in entries.values() for v in (e.values() if "frames_per_s" in e or "samples_per_s" in e
+    assert set(entries["ensemble_train_step"]) >= {"ensemble_ratio_vs_single", "independent_ratio_vs_single"}
+    assert "hvp_ratio_vs_gradient" in entries["hessian_vector_product"]
+    flat = [v for e in entries.values() for v in (e.values() if not isinstance(next(iter(e.values())), dict)
                                                  else [x for d in e.values() for x in d.values()])]
     assert all(isinstance(v, float) and v > 0 for v in flat)
 
@@ -64,3 +68,18 @@ def test_reproduce_writes_the_documented_json(tmp_path, capsys):
     assert all(bool(c["note"]) == (c["holds"] is False) for c in doc["claims"])
     printed = capsys.readouterr().out
     assert "claims:" in printed and "cross" in printed
+
+
+def test_training_step_seconds_times_every_model_and_trains_them():
+    from poselab.bench import training_step_seconds
+
+    models = {"a": torch.nn.Linear(2, 3), "b": torch.nn.Linear(2, 3)}
+    before = models["a"].weight.clone()
+    x, y = torch.randn(8, 2), torch.randn(8, 3)
+
+    def loss(model, x, y):
+        return (model(x) - y).pow(2).mean()
+
+    t = training_step_seconds(models, x, y, loss, repeats=2, device=torch.device("cpu"))
+    assert set(t) == {"a", "b"} and all(v > 0 for v in t.values())
+    assert not torch.equal(models["a"].weight, before)

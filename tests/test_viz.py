@@ -56,3 +56,68 @@ def test_bars_curves_histogram():
     assert len(viz.bars_figure({"a": {"x": 1.0, "y": 2.0}, "b": {"x": 3.0}}, "mm").data) == 2
     assert len(viz.curves_figure([1, 2], {"a": [1.0, 2.0]}, "x", "y").data) == 1
     assert len(viz.histogram_figure({"a": torch.rand(10), "b": np.ones(4)}, "dar").data) == 2
+
+
+# ------------------------------------------------------------------------ landscapes
+
+
+def test_camera_to_upright_is_a_rotation_about_x():
+    pts = np.array([[1.0, 2.0, 3.0]])
+    assert np.allclose(viz.camera_to_upright(pts), [[1.0, -2.0, -3.0]])
+
+
+def test_surface_figure_transposes_to_plotly_rows_and_checks_the_grid():
+    a, b = np.linspace(-1, 1, 3), np.linspace(-1, 1, 4)
+    loss = a[:, None] ** 2 + 2 * b[None, :] ** 2  # (3, 4)
+    fig = viz.surface_figure(a, b, loss)
+    surface, contour = fig.data[0], fig.data[1]
+    assert np.asarray(surface.z).shape == (4, 3)  # plotly: z[y][x]
+    assert np.allclose(np.asarray(contour.z), loss.T)
+    with pytest.raises(ValueError, match="loss"):
+        viz.surface_figure(a, b, loss.T)
+
+
+def test_surfaces_figure_shares_one_colour_scale():
+    a = np.linspace(-1, 1, 3)
+    fig = viz.surfaces_figure(a, a, {"low": np.zeros((3, 3)), "high": np.full((3, 3), 5.0)})
+    assert [(t.zmin, t.zmax) for t in fig.data] == [(0.0, 5.0), (0.0, 5.0)]
+    assert [t.showscale for t in fig.data] == [False, True]
+
+
+def test_landscape_walk_figure_has_one_frame_per_step_starting_at_zero():
+    alphas = np.linspace(-1, 1, 5)
+    poses = torch.stack([_pose() * (1 + a) for a in alphas])
+    fig = viz.landscape_walk_figure(alphas, alphas ** 2, poses, _pose(), H36M17)
+    assert len(fig.frames) == 5
+    assert fig.layout.sliders[0].active == 2  # alpha = 0, the trained solution
+    assert fig.data[1].x == (0.0,)  # the marker starts at alpha = 0
+    assert all(len(f.data) == len(fig.data) - 1 for f in fig.frames)  # every trace but the fixed curve
+    with pytest.raises(ValueError, match="poses"):
+        viz.landscape_walk_figure(alphas, alphas ** 2, poses[:4], _pose(), H36M17)
+
+
+def test_landscape_walk_widget_redraws_on_the_slider():
+    import ipywidgets as widgets
+
+    calls = []
+
+    def predict_at(a):
+        calls.append(a)
+        return _pose()
+
+    box = viz.landscape_walk_widget(predict_at, np.linspace(-1, 1, 5), np.linspace(0, 1, 5), _pose(), H36M17)
+    assert isinstance(box, widgets.VBox)
+    slider = box.children[0]
+    slider.value = 0.5
+    assert calls == [0.0, 0.5]
+
+
+def test_curves_grid_figure_keeps_one_colour_per_series():
+    fig = viz.curves_grid_figure([0, 1], {"a": {"x": [1, 2], "y": [2, 3]}, "b": {"x": [0, 1], "y": [1, 1]}},
+                                 xlabel="s", ylabel="mm")
+    colours = {(t.name, t.line.color) for t in fig.data}
+    assert len(colours) == 2 and sum(t.showlegend for t in fig.data) == 2
+    with pytest.raises(ValueError, match="series 'y'"):
+        viz.curves_grid_figure([0, 1], {"a": {"y": [1]}}, xlabel="s", ylabel="mm")
+    with pytest.raises(ValueError, match="at least one panel"):
+        viz.curves_grid_figure([0, 1], {}, xlabel="s", ylabel="mm")

@@ -317,6 +317,8 @@ class SemGraphConv(nn.Module):
     zero entries get weight exactly 0 and have no parameter, so every parameter is trained.
     """
 
+    filter_dims = {"weight": 1}  # weight is (c_in, 2 * c_out): output neurons are columns (see poselab.landscape)
+
     def __init__(self, c_in: int, c_out: int, adjacency: torch.Tensor):
         super().__init__()
         num_joints = adjacency.shape[0]
