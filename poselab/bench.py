@@ -105,13 +105,18 @@ def bench_lifter_steps(device: torch.device, repeats: int, batch_size: int = 256
 
 
 def training_step_seconds(models: dict[str, torch.nn.Module], inputs: torch.Tensor, targets: torch.Tensor,
-                          loss_fn: Callable, repeats: int, device: torch.device) -> dict[str, float]:
+                          loss_fn: Callable, repeats: int, device: str | torch.device = "auto") -> dict[str, float]:
     """Median wall time (seconds) of one training step (forward, ``loss_fn``, backward, Adam) per model.
 
     Within each repeat the models take one step each, in turn, so that a change of machine load
     hits all of them alike: their *ratios* stay meaningful on a busy machine. The models are
     trained in place (pass fresh copies). One warm-up step each comes first.
     """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    if not models:
+        raise ValueError("models: expected at least one model, got none")
+    device = resolve_device(device)
     x, y = inputs.to(device), targets.to(device)
     steps = {}
     for name, model in models.items():

@@ -170,10 +170,20 @@ def refresh_references(root: Path = REPO_ROOT, progress: bool = True) -> list[Pa
         # device="cpu": the references are CPU numbers, and nbval re-runs the injected parameters.
         dst = execute_chapter(nb, REFERENCE_DIR / nb.name, profile="fast", device="cpu")
         reference = nbformat.read(dst, as_version=4)
-        reference.metadata.pop("widgets", None)
-        for cell in reference.cells:  # keep the references small and diff-friendly
-            if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
-                cell.outputs = []
+        strip_reference(reference)
         nbformat.write(reference, dst)
         out.append(dst)
     return out
+
+
+def strip_reference(nb) -> None:
+    """Keep an nbval reference small and diff-friendly, in place: only the outputs nbval compares
+    (cells tagged ``nbval-check-output``), no widget state, no run metadata (local paths, times)."""
+    nb.metadata.pop("widgets", None)
+    papermill = nb.metadata.get("papermill", {})
+    nb.metadata["papermill"] = {"parameters": papermill.get("parameters", {})}
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
+            cell.outputs = []

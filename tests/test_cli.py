@@ -80,6 +80,10 @@ def test_training_step_seconds_times_every_model_and_trains_them():
     def loss(model, x, y):
         return (model(x) - y).pow(2).mean()
 
-    t = training_step_seconds(models, x, y, loss, repeats=2, device=torch.device("cpu"))
+    t = training_step_seconds(models, x, y, loss, repeats=2, device="cpu")
     assert set(t) == {"a", "b"} and all(v > 0 for v in t.values())
     assert not torch.equal(models["a"].weight, before)
+    with pytest.raises(ValueError, match="repeats: expected an int >= 1"):
+        training_step_seconds(models, x, y, loss, repeats=0, device="cpu")
+    with pytest.raises(ValueError, match="models: expected at least one model"):
+        training_step_seconds({}, x, y, loss, repeats=1, device="cpu")

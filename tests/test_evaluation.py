@@ -48,3 +48,23 @@ def test_prepare_for_render_drops_widgets_and_turns_execution_off(tmp_path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata.mystnb.execution_mode == "off" and "widgets" not in nb.metadata
     assert [o.output_type for o in nb.cells[0].outputs] == ["stream"]
+
+
+def test_strip_reference_keeps_only_what_nbval_compares():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from poselab.book import strip_reference
+
+    checked = new_code_cell("print(1)", metadata={"tags": ["nbval-check-output"], "papermill": {"duration": 1.0},
+                                                  "execution": {"iopub.status.idle": "now"}})
+    checked.outputs = [new_output("stream", name="stdout", text="1\n")]
+    plain = new_code_cell("fig")
+    plain.outputs = [new_output("display_data", data={"text/plain": "fig"})]
+    nb = new_notebook(cells=[checked, plain], metadata={
+        "widgets": {"state": {}}, "papermill": {"input_path": "/somewhere/ch.ipynb", "parameters": {"PROFILE": "fast"}}})
+    strip_reference(nb)
+    assert nb.metadata["papermill"] == {"parameters": {"PROFILE": "fast"}} and "widgets" not in nb.metadata
+    assert checked.outputs and not plain.outputs
+    assert "papermill" not in checked.metadata and "execution" not in checked.metadata
+    nbformat.validate(nb)

@@ -53,7 +53,9 @@ def _entry(good: bool):
             "step_ms": {"baseline": 10.0, "asm_m2": 12.0 if good else 30.0},
             "lambda_max": {"baseline": 2.0, "asm": 1.0 if good else 3.0},
             "line_mm": {"baseline": [9.0, 1.0, 9.0], "asm": [3.0, 1.0, 3.0] if good else [19.0, 1.0, 19.0]},
-            "noise_mm": {"baseline": [base, base + 10], "asm": [base, base + 10], "asm_m2": [ens, ens + 10]},
+            "noise_mm": {"baseline": [base, base + 20], "asm": [base, base + 20],
+                         "asm_m2": [ens, ens + (5 if good else 30)]},
+            "lambda_converged": {"baseline": True, "asm": good}, "asm_denominator": 1.5,
             "head_deviation_mm": [0.0] + [(5.0 if good else 0.1) if j in (3, 6, 13, 16) else 1.0
                                           for j in range(1, 17)]}
 
@@ -70,6 +72,42 @@ def test_claims_follow_the_measurements(good):
                                       "ensemble_costs_about_one_network"}
     assert all(c.holds is good for c in claims), [(c.id, c.holds) for c in claims]
     assert all(bool(c.note) == (not c.holds) for c in claims)
+
+
+def test_notes_are_computed_from_the_measurements():
+    m = {"variants": ["baseline", "asm", "asm_m2"], "heads": [1, 2], "noise_px": [0.0, 10.0],
+         "mlp": _entry(False), "cnn": _entry(True), "dar_lambda_max": {"low_dar": 1.0, "high_dar": 0.5},
+         "image_extent": {"low_dar": 0.7, "high_dar": 0.6}}
+    claims = {c.id: c for c in exp._claims(m, ["mlp", "cnn"])}
+    assert "mlp: ASM's mean denominator is 1.50" in claims["asm_lowers_lambda_max"].note
+    assert "not converged: mlp asm" in claims["asm_lowers_lambda_max"].measured
+    assert "worse for mlp by +20.0 mm" in claims["cross_domain_gains"].note
+    assert claims["noise_robustness"].note.startswith("for mlp ")
+    assert "input scale" in claims["high_dar_steeper"].note
+    m["mlp"]["lambda_max"]["asm"] = -1.0  # not a minimum: the comparison cannot decide
+    assert {c.id: c for c in exp._claims(m, ["mlp", "cnn"])}["asm_lowers_lambda_max"].holds is None
+
+
+def test_check_config_rejects_what_the_experiment_cannot_use():
+    good = exp.CONFIGS["fast"]
+    exp.check_config(good)
+    with pytest.raises(ValueError, match="heads: expected increasing head counts starting with 1"):
+        exp.check_config(dict(good, heads=(2, 4)))
+    with pytest.raises(ValueError, match="heads"):
+        exp.check_config(dict(good, heads=(1, 4, 2)))
+    with pytest.raises(ValueError, match="line_points: expected an odd number"):
+        exp.check_config(dict(good, line_points=10))
+
+
+def test_mean_denominator_is_one_without_scaling_and_above_with_it():
+    x = build_lifting_splits("fast")["train"].inputs[:32]
+    plain = FlatEnsemble(exp.build_variant("mlp", 0, exp.SMALL_SIZES["mlp"], 8, seed=0), 2, scaling=False)
+    assert exp.mean_denominator(plain, x, batch_size=5) == pytest.approx(1.0)
+    scaled = exp.build_variant("mlp", 2, exp.SMALL_SIZES["mlp"], 8, seed=0)
+    with torch.no_grad():
+        scaled.scale_weight2.zero_()
+        scaled.scale_bias2.fill_(0.25)  # h = 0.25 everywhere: denominator 1.25
+    assert exp.mean_denominator(scaled, x, batch_size=5) == pytest.approx(1.25)
 
 
 def test_one_failing_backbone_fails_a_for_every_backbone_claim():

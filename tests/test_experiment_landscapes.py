@@ -109,3 +109,10 @@ def test_small_run_measures_everything_and_resumes(tmp_path, monkeypatch):
     second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
     assert second.metrics == first.metrics
+
+
+def test_predictions_along_rejects_a_direction_of_another_model(train_set):
+    model, other = _lifter(), build_lifter("mlp", hidden=8, num_blocks=1)
+    direction = {k: torch.ones_like(p) for k, p in other.named_parameters()}
+    with pytest.raises(ValueError, match="direction"):
+        exp.predictions_along(model, direction, [0.0], train_set.inputs[:2])

@@ -28,7 +28,7 @@ from poselab.checks import check_profile, resolve_device, seed_everything
 from poselab.data.lifting import build_lifting_splits
 from poselab.data.skeleton import H36M17
 from poselab.evaluation import lifting_metrics, predict
-from poselab.experiments.landscapes import dar_thirds, fixed_subset
+from poselab.experiments.landscapes import _dar_note, dar_thirds, fixed_subset, mean_image_extent
 from poselab.methods.flat_ensemble import FlatEnsemble, ensemble_loss, head_deviation
 from poselab.models.lifting import LIFTERS, build_lifter
 from poselab.results import Claim, Results
@@ -98,12 +98,36 @@ def noise_curve(model, dataset, sigmas, seed: int, device) -> list[float]:
     return out
 
 
-def _lambda_max(model, data, cfg: dict, seed: int) -> float:
+def _lambda_max(model, data, cfg: dict, seed: int) -> dict:
+    """``{"value", "converged", "iterations"}`` of the top Hessian eigenvalue of the training loss."""
     size = min(cfg["eig_batch_size"], len(data) // cfg["eig_batches"])
     batches = landscape.sample_batches(data, cfg["eig_batches"], size, generator=torch.Generator().manual_seed(seed))
-    return landscape.top_hessian_eigenvalue(model, batches, loss_fn=ensemble_loss, tol=cfg["eig_tol"],
-                                            max_iter=cfg["eig_max_iter"],
-                                            generator=torch.Generator().manual_seed(seed)).value
+    eig = landscape.top_hessian_eigenvalue(model, batches, loss_fn=ensemble_loss, tol=cfg["eig_tol"],
+                                           max_iter=cfg["eig_max_iter"], generator=torch.Generator().manual_seed(seed))
+    return {"value": eig.value, "converged": eig.converged, "iterations": eig.iterations}
+
+
+@torch.no_grad()
+def mean_denominator(model: FlatEnsemble, inputs: torch.Tensor, batch_size: int = 4096) -> float:
+    """Mean over samples and heads of ASM's denominator ``relu(h(g(x))) + 1`` (eval mode; >= 1)."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(float(model.scales(model.features(inputs[i:i + batch_size].to(dev))).sum())
+                    for i in range(0, inputs.shape[0], batch_size))
+    finally:
+        model.train(was_training)
+    return total / (inputs.shape[0] * model.num_heads)
+
+
+def check_config(cfg: dict) -> None:
+    """The experiment's assumptions about a configuration, with clear errors."""
+    heads = list(cfg["heads"])
+    if not heads or heads[0] != 1 or heads != sorted(set(heads)):
+        raise ValueError(f"heads: expected increasing head counts starting with 1 (the ASM model), got {heads}")
+    if cfg["line_points"] % 2 == 0:
+        raise ValueError(f"line_points: expected an odd number (the solution at the centre), got {cfg['line_points']}")
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
@@ -113,16 +137,19 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     Returns:
         :class:`~poselab.results.Results` whose ``metrics[backbone]`` holds, per variant,
         ``test_in`` / ``test_cross`` MPJPE and P-MPJPE (mm), ``parameters`` and
-        ``train_seconds``; plus ``lambda_max`` and ``line_mm`` (baseline and asm), ``noise_mm``
+        ``train_seconds``; plus ``lambda_max``, ``lambda_converged`` and ``line_mm`` (baseline and
+        asm), ``asm_denominator`` (mean ASM denominator on the training poses), ``step_ms``, ``noise_mm``
         (baseline, asm, largest ensemble; one value per sigma of ``metrics["noise_px"]``) and
         ``head_deviation_mm`` (17 values, largest ensemble). ``metrics["surface"]`` holds the 2D
-        surfaces of the first backbone and ``metrics["dar_lambda_max"]`` the DAR-third curvatures.
+        surfaces of the first backbone, ``metrics["dar_lambda_max"]`` the DAR-third curvatures and
+        ``metrics["image_extent"]`` the thirds' mean 2D size.
         ``artifacts["models"][backbone][variant]`` are the trained models.
     """
     check_profile(profile)
     start = time.perf_counter()
     dev = resolve_device(device)
     cfg = CONFIGS[profile]
+    check_config(cfg)
     splits = build_lifting_splits(profile, seed=seed)
     land = fixed_subset(splits["train"], cfg["landscape_samples"], seed)
     heads = (0, *cfg["heads"])
@@ -153,7 +180,10 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                 entry[name][split] = {k: scores[k] for k in ("mpjpe_mm", "p_mpjpe_mm")}
 
         flat_pair = {"baseline": models[backbone]["baseline"], "asm": models[backbone]["asm"]}
-        entry["lambda_max"] = {k: _lambda_max(mod, splits["train"], cfg, seed) for k, mod in flat_pair.items()}
+        eigs = {k: _lambda_max(mod, splits["train"], cfg, seed) for k, mod in flat_pair.items()}
+        entry["lambda_max"] = {k: e["value"] for k, e in eigs.items()}
+        entry["lambda_converged"] = {k: e["converged"] for k, e in eigs.items()}
+        entry["asm_denominator"] = mean_denominator(models[backbone]["asm"], splits["train"].inputs)
         entry["line_mm"] = {}
         for k, mod in flat_pair.items():
             direction = landscape.random_direction(mod, generator=torch.Generator().manual_seed(seed))
@@ -179,8 +209,10 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
 
     first = cfg["backbones"][0]
     metrics["surface"]["backbone"] = first
-    metrics["dar_lambda_max"] = {k: _lambda_max(models[first]["baseline"], s, cfg, seed)
-                                 for k, s in dar_thirds(splits["train"]).items()}
+    thirds = dar_thirds(splits["train"])
+    metrics["dar_lambda_max"] = {k: _lambda_max(models[first]["baseline"], s, cfg, seed)["value"]
+                                 for k, s in thirds.items()}
+    metrics["image_extent"] = {k: mean_image_extent(s) for k, s in thirds.items()}
     metrics["samples"] = {k: len(v) for k, v in splits.items()}
 
     return Results(experiment="flat_ensembles", profile=profile, device=str(dev), seed=seed,
@@ -189,55 +221,78 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
 
 
 def line_rise(line_mm) -> float:
-    """How far the loss climbs along a line centred on the solution: mean of the two ends minus the centre (mm)."""
-    return 0.5 * (line_mm[0] + line_mm[-1]) - line_mm[len(line_mm) // 2]
+    """How far the loss climbs along a line centred on the solution, relative to the loss there:
+    (mean of the two ends - centre) / centre. A ratio, so models with different losses compare."""
+    centre = line_mm[len(line_mm) // 2]
+    return (0.5 * (line_mm[0] + line_mm[-1]) - centre) / centre
 
 
 def _count(flags) -> str:
     return f"{sum(flags)}/{len(flags)} backbones"
 
 
+def _failed(bb, flags) -> str:
+    return ", ".join(b for b, ok in zip(bb, flags) if not ok)
+
+
 def _claims(m: dict, backbones) -> list[Claim]:
     names = m["variants"]
     largest = names[-1]
     bb = list(backbones)
+    m_heads = m["heads"][-1]
 
     def per(fn):
         return [fn(m[b]) for b in bb]
 
-    lam_lower = per(lambda e: e["lambda_max"]["asm"] < e["lambda_max"]["baseline"])
-    flatter = per(lambda e: line_rise(e["line_mm"]["asm"]) < line_rise(e["line_mm"]["baseline"]))
-    cross_gain = per(lambda e: e[largest]["test_cross"]["mpjpe_mm"] < e["baseline"]["test_cross"]["mpjpe_mm"])
-    in_gain = per(lambda e: e[largest]["test_in"]["mpjpe_mm"] < e["baseline"]["test_in"]["mpjpe_mm"])
-    ens_gain = per(lambda e: e[largest]["test_cross"]["mpjpe_mm"] < e["asm"]["test_cross"]["mpjpe_mm"])
-    robust = per(lambda e: e["noise_mm"][largest][-1] < e["noise_mm"]["baseline"][-1])
-    cost = per(lambda e: e["step_ms"][largest] / e["step_ms"]["baseline"])
-    params = per(lambda e: e[largest]["parameters"] / e["baseline"]["parameters"])
-    m_heads = m["heads"][-1]
-
     def fmt(fn, unit=" mm"):
         return "; ".join(f"{b} {fn(m[b])}{unit}" for b in bb)
+
+    def gap(e, split, a, b_):  # MPJPE of variant b_ minus variant a (mm)
+        return e[b_][split]["mpjpe_mm"] - e[a][split]["mpjpe_mm"]
+
+    lam = per(lambda e: (e["lambda_max"]["baseline"], e["lambda_max"]["asm"]))
+    lam_valid = all(a > 0 and b > 0 for a, b in lam)
+    lam_lower = [b < a for a, b in lam]
+    unconverged = [f"{b} {k}" for b in bb for k, ok in m[b].get("lambda_converged", {}).items() if not ok]
+    denominators = per(lambda e: e.get("asm_denominator", float("nan")))
+    flatter = per(lambda e: line_rise(e["line_mm"]["asm"]) < line_rise(e["line_mm"]["baseline"]))
+    cross_gain = per(lambda e: gap(e, "test_cross", "baseline", largest) < 0)
+    in_gain = per(lambda e: gap(e, "test_in", "baseline", largest) <= 0)
+    ens_gain = per(lambda e: gap(e, "test_cross", "asm", largest) < 0)
+    degrade = per(lambda e: {k: e["noise_mm"][k][-1] - e["noise_mm"][k][0] for k in ("baseline", largest)})
+    robust = [d[largest] < d["baseline"] for d in degrade]
+    cost = per(lambda e: e["step_ms"][largest] / e["step_ms"]["baseline"])
+    params = per(lambda e: e[largest]["parameters"] / e["baseline"]["parameters"])
+
+    def lam_note():
+        if not lam_valid:
+            return "a power iteration returned a non-positive eigenvalue: not at a minimum, the comparison is void"
+        if all(lam_lower):
+            return ""
+        worse = [i for i, ok in enumerate(lam_lower) if not ok]
+        return "; ".join(f"{bb[i]}: ASM's mean denominator is {denominators[i]:.2f}, so rescaling alone would divide "
+                         f"the head's curvature by ~{denominators[i] ** 2:.1f}, yet lambda_max rose: the steepest "
+                         "direction lies elsewhere (encoder or scaling network)" for i in worse)
 
     claims = [
         Claim("asm_lowers_lambda_max",
               "ASM lowers the top Hessian eigenvalue of the training loss (holds here if lower for every backbone)",
               "qualitative: lower top-1 eigenvalue with the adaptive scaling mechanism",
-              f"{_count(lam_lower)} lower: " + "; ".join(
-                  f"{b} {m[b]['lambda_max']['baseline']:.3g} -> {m[b]['lambda_max']['asm']:.3g}" for b in bb),
-              all(lam_lower),
-              "" if all(lam_lower) else
-              "ASM's scale redundancy lets the encoder and the prediction head grow freely; on short runs "
-              "the curvature along the head's directions can rise for some backbones"),
+              f"{_count(lam_lower)} lower: " + "; ".join(f"{b} {a:.3g} -> {c:.3g}" for b, (a, c) in zip(bb, lam))
+              + "; mean ASM denominator " + ", ".join(f"{b} {d:.2f}" for b, d in zip(bb, denominators))
+              + (f" (not converged: {', '.join(unconverged)})" if unconverged else ""),
+              all(lam_lower) if lam_valid else None,
+              lam_note()),
         Claim("asm_flattens_landscape",
               "ASM flattens the loss landscape along filter-normalised random directions (holds here if the "
-              "loss climbs less for every backbone)",
+              "loss climbs less, relative to its value at the solution, for every backbone)",
               "qualitative: landscape plots are visibly smoother and wider with ASM",
-              f"{_count(flatter)} flatter; rise baseline -> ASM: "
-              + fmt(lambda e: f"{line_rise(e['line_mm']['baseline']):.0f} -> {line_rise(e['line_mm']['asm']):.0f}"),
+              f"{_count(flatter)} flatter; relative rise at |alpha| = 1, baseline -> ASM: "
+              + fmt(lambda e: f"{line_rise(e['line_mm']['baseline']):.1f} -> {line_rise(e['line_mm']['asm']):.1f}", ""),
               all(flatter),
               "" if all(flatter) else
-              "filter normalisation rescales the direction to the weights, and ASM changes the weights' "
-              "scale; one random direction per model is a noisy probe"),
+              f"not flatter for {_failed(bb, flatter)}: one random direction per model is a single probe of a "
+              "landscape with hundreds of thousands of dimensions (lambda_max, above, takes the steepest one)"),
         Claim("cross_domain_gains",
               f"The ASM ensemble (M = {m_heads}) generalises better across domains than the baseline, for every "
               "backbone",
@@ -246,15 +301,21 @@ def _claims(m: dict, backbones) -> list[Claim]:
               + fmt(lambda e: f"{e['baseline']['test_cross']['mpjpe_mm']:.1f} -> {e[largest]['test_cross']['mpjpe_mm']:.1f}"),
               all(cross_gain),
               "" if all(cross_gain) else
-              "our cross-domain test adds unseen activities and camera views that no head has seen; short "
-              "training and one seed make differences of a few millimetres noise"),
+              f"worse for {_failed(bb, cross_gain)} by "
+              + ", ".join(f"{gap(m[b], 'test_cross', 'baseline', largest):+.1f} mm" for b, ok in zip(bb, cross_gain)
+                          if not ok)
+              + "; our cross-domain test adds unseen activities and views that no head has seen, and one seed per "
+                "variant does not measure seed-to-seed spread"),
         Claim("in_domain_gains",
               f"The ASM ensemble (M = {m_heads}) is also at least as accurate in-domain, for every backbone",
               "in-domain (H36M) results improve or stay on par",
-              f"{_count(in_gain)} better; test_in MPJPE baseline -> ensemble: "
+              f"{_count(in_gain)} at least as accurate; test_in MPJPE baseline -> ensemble: "
               + fmt(lambda e: f"{e['baseline']['test_in']['mpjpe_mm']:.1f} -> {e[largest]['test_in']['mpjpe_mm']:.1f}"),
               all(in_gain),
-              "" if all(in_gain) else "one seed per variant; differences of this size are within seed noise here"),
+              "" if all(in_gain) else
+              f"worse for {_failed(bb, in_gain)} by "
+              + ", ".join(f"{gap(m[b], 'test_in', 'baseline', largest):+.1f} mm" for b, ok in zip(bb, in_gain) if not ok)
+              + "; one seed per variant does not measure seed-to-seed spread"),
         Claim("ensemble_beats_single_asm",
               "Averaging several heads on the flat landscape beats a single ASM head (cross-domain, every backbone)",
               "the ensemble of solutions on the smoothed landscape is what brings the gains",
@@ -262,15 +323,21 @@ def _claims(m: dict, backbones) -> list[Claim]:
               + fmt(lambda e: f"{e['asm']['test_cross']['mpjpe_mm']:.1f} -> {e[largest]['test_cross']['mpjpe_mm']:.1f}"),
               all(ens_gain),
               "" if all(ens_gain) else
-              "heads on a shared encoder differ only in their last layers, so their errors are strongly correlated"),
+              f"not better for {_failed(bb, ens_gain)}: the heads share one encoder, so they share most of their "
+              "errors" + ("" if "head_deviation_mm" not in m[bb[0]] else
+                          " (mean deviation between heads " + fmt(lambda e: f"{_mean(e['head_deviation_mm'][1:]):.1f}")
+                          + ", against test_cross errors of hundreds of mm)")),
         Claim("noise_robustness",
-              f"The ensemble is more robust to 2D input noise (holds here if its MPJPE at sigma = "
-              f"{m['noise_px'][-1]:g} px is lower than the baseline's for every backbone)",
+              f"The ensemble is more robust to 2D input noise (holds here if its MPJPE rises less than the baseline's "
+              f"from sigma = 0 to {m['noise_px'][-1]:g} px, for every backbone)",
               "qualitative: smaller degradation under growing input noise",
-              f"{_count(robust)} better at the largest sigma: "
-              + fmt(lambda e: f"{e['noise_mm']['baseline'][-1]:.1f} -> {e['noise_mm'][largest][-1]:.1f}"),
+              f"{_count(robust)} degrade less; rise baseline vs ensemble: "
+              + fmt(lambda e: f"{e['noise_mm']['baseline'][-1] - e['noise_mm']['baseline'][0]:.1f} vs "
+                              f"{e['noise_mm'][largest][-1] - e['noise_mm'][largest][0]:.1f}"),
               all(robust),
-              "" if all(robust) else "the baseline and the ensemble degrade alike: noise hits the shared encoder"),
+              "" if all(robust) else
+              f"for {_failed(bb, robust)} the ensemble's error rises as much or more; the noise enters through the "
+              "encoder, which the heads share"),
     ]
     if "head_deviation_mm" in m[bb[0]]:
         hard = difficult_joint_indices()
@@ -278,7 +345,7 @@ def _claims(m: dict, backbones) -> list[Claim]:
 
         def hard_vs_rest(e):
             d = e["head_deviation_mm"]
-            return sum(d[j] for j in hard) / len(hard), sum(d[j] for j in rest) / len(rest)
+            return _mean([d[j] for j in hard]), _mean([d[j] for j in rest])
 
         diverse = per(lambda e: hard_vs_rest(e)[0] > hard_vs_rest(e)[1])
         claims.append(Claim(
@@ -289,7 +356,9 @@ def _claims(m: dict, backbones) -> list[Claim]:
             f"{_count(diverse)}; wrists+ankles vs other joints: "
             + fmt(lambda e: f"{hard_vs_rest(e)[0]:.1f} vs {hard_vs_rest(e)[1]:.1f}"),
             all(diverse),
-            "" if all(diverse) else "the heads share one encoder and were trained briefly, so they barely diverge"))
+            "" if all(diverse) else
+            f"for {_failed(bb, diverse)} the heads disagree about as much on every joint: with one shared encoder "
+            "their differences come from the last layers alone, which do not single out the limb ends"))
     dar = m["dar_lambda_max"]
     dar_holds = dar["high_dar"] > dar["low_dar"]
     claims.append(Claim(
@@ -299,8 +368,9 @@ def _claims(m: dict, backbones) -> list[Claim]:
         "qualitative: high-DAR poses exhibit extremely steep and unstable loss landscapes",
         f"{dar['high_dar']:.3g} (high) vs {dar['low_dar']:.3g} (low)",
         dar_holds,
-        "" if dar_holds else "the studio rig's DAR spread is narrow, so the thirds differ little in ambiguity"))
+        _dar_note(dar_holds, m.get("image_extent", {}))))
     cost_holds = all(c <= COST_THRESHOLD for c in cost)
+    heavy = [b for b, c, p in zip(bb, cost, params) if c > COST_THRESHOLD]
     claims.append(Claim(
         "ensemble_costs_about_one_network",
         f"An ensemble of M = {m_heads} heads on one encoder costs about one network, not M (holds here if its "
@@ -310,5 +380,11 @@ def _claims(m: dict, backbones) -> list[Claim]:
         + "; parameters " + "; ".join(f"{b} {p:.2f} x" for b, p in zip(bb, params)),
         cost_holds,
         "" if cost_holds else
-        "for a small encoder, M heads plus M scaling MLPs on wide flattened features weigh as much as the encoder"))
+        f"{', '.join(heavy)}: the {m_heads} heads and scaling networks act on the encoder's wide flat features "
+        "and add compute comparable to this small encoder's"))
     return claims
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -126,22 +126,19 @@ def mean_image_extent(dataset: LiftingSet) -> float:
 def predictions_along(model: torch.nn.Module, direction: dict, alphas, inputs: torch.Tensor) -> torch.Tensor:
     """Predictions of ``model`` at ``theta + alpha * direction`` for each alpha: ``(A, B, J, 3)`` metres, CPU.
 
-    ``inputs`` (B, J, 2). Eval mode; the model itself is left unchanged.
+    ``inputs`` (B, J, 2); ``direction`` keyed like the model's trainable parameters
+    (:func:`poselab.landscape.random_direction`; ``ValueError`` otherwise). Eval mode; the model
+    itself (parameters and train/eval flags) is left unchanged.
     """
     alphas = torch.as_tensor(alphas, dtype=torch.float64).flatten()
-    params = dict(model.named_parameters())
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
-    device = next(iter(params.values())).device
-    was_training = model.training
-    model.eval()
-    try:
-        x = inputs.to(device)
-        out = []
+    x = inputs.to(next(iter(params.values())).device)
+    out = []
+    with landscape._eval_mode(model):
         for a in alphas.tolist():  # a handful of points, each a batched forward pass
-            moved = {k: p + a * direction[k].to(p) if k in direction else p for k, p in params.items()}
+            moved = landscape.add_direction(params, direction, a)
             out.append(functional_call(model, {**moved, **buffers}, (x,)).cpu())
-    finally:
-        model.train(was_training)
     return torch.stack(out)
 
 

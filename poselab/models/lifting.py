@@ -317,7 +317,10 @@ class SemGraphConv(nn.Module):
     zero entries get weight exactly 0 and have no parameter, so every parameter is trained.
     """
 
-    filter_dims = {"weight": 1}  # weight is (c_in, 2 * c_out): output neurons are columns (see poselab.landscape)
+    # For filter-normalised landscape directions (poselab.landscape): the weight is (c_in, 2 * c_out), so
+    # output neurons are columns. Output channel k has two columns, k (self term) and c_out + k (neighbour
+    # term); each is normalised as its own filter, like two linear layers whose outputs are then mixed.
+    filter_dims = {"weight": 1}
 
     def __init__(self, c_in: int, c_out: int, adjacency: torch.Tensor):
         super().__init__()
