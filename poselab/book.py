@@ -23,6 +23,8 @@ from poselab.checks import check_profile
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_PARAMETERS = ("PROFILE", "DEVICE", "SEED")
+CELL_TIMEOUT_S = 3 * 3600
+"""Seconds: a cell that runs longer fails the execution instead of blocking it for ever."""
 REFERENCE_DIR = REPO_ROOT / "tests" / "nbval"
 """Chapters executed at ``PROFILE="fast"``: nbval re-runs them and compares the tagged cells."""
 
@@ -82,7 +84,8 @@ def execute_chapter(src: Path, dst: Path, profile: str = "book", device: str = "
     os.environ.update(execution_env())  # the kernel inherits this process's environment
     try:
         papermill.execute_notebook(str(src), str(dst), parameters=dict(PROFILE=profile, DEVICE=device, SEED=seed),
-                                   kernel_name="python3", cwd=str(src.parent), progress_bar=progress)
+                                   kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
+                                   execution_timeout=CELL_TIMEOUT_S)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -309,6 +309,17 @@ def landscape_walk_figure(alphas, losses, poses, target, skeleton, title: str = 
     return fig
 
 
+def _figure_output(fig: go.Figure) -> dict:
+    """A notebook ``display_data`` output of ``fig``: plotly's mimetype (JupyterLab) and HTML that
+    loads plotly.js from its CDN (classic Jupyter, Colab: live widgets run where there is a network)."""
+    import plotly.io as pio
+
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"application/vnd.plotly.v1+json": fig.to_plotly_json(),
+                     "text/html": pio.to_html(fig, include_plotlyjs="cdn", full_html=False),
+                     "text/plain": f"Figure with {len(fig.data)} traces"}}
+
+
 def landscape_walk_widget(predict_at, alphas, losses, target, skeleton, ylabel: str = "loss (mm)"):
     """The live version of :func:`landscape_walk_figure`: an ipywidgets slider that moves the network.
 
@@ -321,7 +332,6 @@ def landscape_walk_widget(predict_at, alphas, losses, target, skeleton, ylabel: 
         an ``ipywidgets.VBox`` (slider above the figure).
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     alphas, losses = _np(alphas).ravel(), _np(losses).ravel()
     check_shape("losses", losses, (len(alphas),))
@@ -339,9 +349,10 @@ def landscape_walk_widget(predict_at, alphas, losses, target, skeleton, ylabel: 
                       1, 1)
         fig.layout.sliders = []
         fig.frames = []
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
+        # Replace the Output widget's content with a ready-made bundle: its ``with out:`` capture hooks
+        # the kernel's stdout and display publisher, which can hang a kernel driven by papermill, and
+        # displaying a plotly figure would also print it into the cell itself.
+        out.outputs = (_figure_output(fig),)
 
     slider.observe(draw, names="value")
     draw()

@@ -107,9 +107,13 @@ def test_landscape_walk_widget_redraws_on_the_slider():
 
     box = viz.landscape_walk_widget(predict_at, np.linspace(-1, 1, 5), np.linspace(0, 1, 5), _pose(), H36M17)
     assert isinstance(box, widgets.VBox)
-    slider = box.children[0]
+    slider, out = box.children
+    (first,) = out.outputs
     slider.value = 0.5
     assert calls == [0.0, 0.5]
+    (shown,) = out.outputs  # one figure, replaced on every move
+    assert set(shown["data"]) == {"application/vnd.plotly.v1+json", "text/html", "text/plain"}
+    assert shown["data"]["text/html"] != first["data"]["text/html"]
 
 
 def test_curves_grid_figure_keeps_one_colour_per_series():
