@@ -19,19 +19,21 @@ import torch
 from poselab.checks import resolve_device
 
 
+def _seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of one ``fn()``, synchronising CUDA before and after (kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up), synchronising CUDA."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
 
 
 def bench_forward_kinematics(device: torch.device, repeats: int, clip: str = "135_02") -> dict[str, float]:
@@ -131,14 +133,9 @@ def training_step_seconds(models: dict[str, torch.nn.Module], inputs: torch.Tens
     times: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(repeats + 1):
         for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            seconds = _seconds(step, device)
             if repeat:  # the first round is the warm-up
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -59,7 +59,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from poselab.checks import check_choice
+from poselab.checks import check_choice, check_int
 from poselab.train import _as_tensors, mpjpe_loss
 
 __all__ = [
@@ -118,14 +118,6 @@ def _check_loss_fn(loss_fn: Any) -> LossFn:
             f"loss_fn: expected a callable (model, inputs, targets) -> scalar tensor, got {type(loss_fn).__name__}"
         )
     return loss_fn
-
-
-def _check_int(arg: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{arg}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{arg}: expected an int >= {minimum}, got {value}")
-    return value
 
 
 def _check_tol(tol: Any) -> float:
@@ -423,7 +415,7 @@ def _draw_like(params: Direction, generator: torch.Generator | None, kind: str) 
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    return _check_int("batch_size", batch_size, 1)
+    return check_int("batch_size", batch_size, 1)
 
 
 def dataset_loss(
@@ -726,9 +718,9 @@ def top_hessian_eigenvalues(
     two eigenvalues have nearly the same magnitude (and fails for a +-lambda pair).
     Returns ``k`` :class:`Eigen` in the order found (decreasing magnitude, up to accuracy).
     """
-    _check_int("k", k, 1)
+    check_int("k", k, 1)
     tol = _check_tol(tol)
-    _check_int("max_iter", max_iter, 1)
+    check_int("max_iter", max_iter, 1)
     generator = _check_generator(generator)
     hessian = _Hessian(model, batches, loss_fn)
     total = sum(p.numel() for p in hessian.params.values())
@@ -770,7 +762,7 @@ def hessian_trace(
     ``generator``) of ``z . H z``; the Hessian is that of :func:`hessian_vector_product`.
     ``E[z . H z] = tr H``; the standard error is the sample standard deviation / sqrt(n).
     """
-    _check_int("num_samples", num_samples, 2)
+    check_int("num_samples", num_samples, 2)
     generator = _check_generator(generator)
     hessian = _Hessian(model, batches, loss_fn)
     values = []
@@ -793,8 +785,8 @@ def sample_batches(
     ``ValueError`` if ``data`` has fewer samples than that.
     """
     inputs, targets = _as_tensors("data", data)
-    _check_int("num_batches", num_batches, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("num_batches", num_batches, 1)
+    check_int("batch_size", batch_size, 1)
     generator = _check_generator(generator)
     n, need = inputs.shape[0], num_batches * batch_size
     if need > n:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselab.checks import check_positive, resolve_device, seed_everything
+from poselab.checks import check_int, check_positive, resolve_device, seed_everything
 
 __all__ = ["History", "train_model", "evaluate", "mpjpe_loss", "mpjpe_mm_eval", "load_checkpoint"]
 
@@ -156,14 +156,6 @@ def _as_tensors(arg: str, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def _check_int(arg: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{arg}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{arg}: expected an int >= {minimum}, got {value}")
-    return value
-
-
 def _check_number(arg: str, value: Any, *, allow_zero: bool = False) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{arg}: expected a finite number, got {type(value).__name__} {value!r}")
@@ -231,7 +223,7 @@ def evaluate(
     eval_fn = mpjpe_mm_eval if eval_fn is None else eval_fn
     _check_callable("eval_fn", eval_fn)
     if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
     dev = resolve_device(device)
     model.to(dev)
     return _evaluate_tensors(model, inputs.to(dev), targets.to(dev), eval_fn, batch_size)
@@ -414,8 +406,8 @@ def train_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     inputs, targets = _as_tensors("train_set", train_set)
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
     _check_number("lr", lr)
     _check_number("weight_decay", weight_decay, allow_zero=True)
     _check_number("lr_decay", lr_decay)
@@ -428,7 +420,7 @@ def train_model(
     _check_callable("loss_fn", loss_fn)
     _check_callable("eval_fn", eval_fn)
     if eval_batch_size is not None:
-        _check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
     eval_sets = {} if eval_sets is None else eval_sets
     if not isinstance(eval_sets, Mapping):
         raise TypeError(f"eval_sets: expected a dict {{name: dataset}}, got {type(eval_sets).__name__}")

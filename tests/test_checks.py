@@ -66,3 +66,15 @@ def test_seed_everything_makes_torch_and_numpy_reproducible():
     assert isinstance(g, torch.Generator)
     with pytest.raises(TypeError, match="seed: expected an int"):
         seed_everything(1.5)
+
+
+def test_check_int():
+    from poselab.checks import check_int
+
+    assert check_int("n", 3) == 3 and check_int("n", 0, minimum=0) == 0
+    with pytest.raises(ValueError, match="n: expected an int >= 1, got 0"):
+        check_int("n", 0)
+    with pytest.raises(TypeError, match="n: expected an int >= 1, got bool True"):
+        check_int("n", True)
+    with pytest.raises(TypeError, match="got float 2.0"):
+        check_int("n", 2.0)

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from poselab.checks import check_int
 from poselab.models.lifting import Lifter
 from poselab.train import mpjpe_loss
 
@@ -60,14 +61,6 @@ SCALE_BIAS_INIT = 0.5
 then trains exactly like the plain lifter; we saw this with nn.Linear's default, zero-centred
 initialisation on a small Transformer). Starting the bias at 0.5 puts ``h`` above 0 for nearly all
 inputs at initialisation (denominators start near 1.5)."""
-
-
-def _check_count(arg: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{arg}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{arg}: expected an int >= {minimum}, got {value}")
-    return value
 
 
 class FlatEnsemble(nn.Module):
@@ -104,11 +97,11 @@ class FlatEnsemble(nn.Module):
             raise TypeError(
                 f"lifter: expected a poselab.models.lifting.Lifter (see build_lifter), got {type(lifter).__name__}"
             )
-        self.num_heads = _check_count("num_heads", num_heads)
+        self.num_heads = check_int("num_heads", num_heads)
         if not isinstance(scaling, bool):
             raise TypeError(f"scaling: expected a bool, got {type(scaling).__name__} {scaling!r}")
         self.scaling = scaling
-        self.scale_hidden = _check_count("scale_hidden", scale_hidden)
+        self.scale_hidden = check_int("scale_hidden", scale_hidden)
         self.num_joints = lifter.num_joints
         self.feature_dim = lifter.feature_dim
         self.root = lifter.root
@@ -266,7 +259,7 @@ def head_deviation(model: FlatEnsemble, inputs: torch.Tensor, batch_size: int = 
         raise TypeError(f"model: expected a FlatEnsemble, got {type(model).__name__}")
     if model.num_heads < 2:
         raise ValueError(f"model: head deviation needs at least 2 heads, got num_heads={model.num_heads}")
-    _check_count("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs: expected a torch.Tensor of shape (N, {model.num_joints}, 2), "
                         f"got {type(inputs).__name__}")
