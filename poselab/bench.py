@@ -4,7 +4,9 @@ Each entry reports a throughput or a time and, where it measures a design decisi
 **ratio** against the alternative (for example batched forward kinematics against a
 per-frame loop). Ratios are what to compare across machines and commits; absolute times
 depend on the machine. Timings are medians over ``repeats`` runs after one warm-up run.
-Tests check the structure of the report only: timing asserts would be flaky.
+Tests check the structure of the report only: timing asserts would be flaky. An entry may carry
+a ``"target"`` string, the ratio its design aims for (e.g. ``"<= 2x"``): a note to read the ratio
+against, not a check.
 """
 
 from __future__ import annotations
@@ -130,7 +132,14 @@ def training_step_seconds(models: dict[str, torch.nn.Module], inputs: torch.Tens
             loss_fn(model, x, y).backward()
             opt.step()
         steps[name] = step
-    times: dict[str, list[float]] = {name: [] for name in models}
+    return _interleaved_seconds(steps, repeats, device)
+
+
+def _interleaved_seconds(steps: dict[str, Callable[[], Any]], repeats: int,
+                         device: torch.device) -> dict[str, float]:
+    """Median wall time (seconds) of each ``steps[name]()`` over ``repeats`` rounds, after one
+    warm-up round; within a round every step runs once, in turn (see :func:`training_step_seconds`)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for repeat in range(repeats + 1):
         for name, step in steps.items():
             seconds = _seconds(step, device)
@@ -160,6 +169,60 @@ def bench_ensemble_step(device: torch.device, repeats: int, num_heads: int = 5,
     return {"num_heads": float(num_heads), "single_ms": 1000 * t["single"], "ensemble_ms": 1000 * t["ensemble"],
             "independent_ms": 1000 * independent, "ensemble_ratio_vs_single": t["ensemble"] / t["single"],
             "independent_ratio_vs_single": independent / t["single"]}
+
+
+def bench_seal_step(device: str | torch.device, repeats: int, batch_size: int = 256,
+                    task_nets: tuple[str, ...] = ("mlp", "gcn")) -> dict[str, dict[str, float]]:
+    """One SEAL-dynamic training step against one plain task-net step, per task-net.
+
+    * plain: forward, :func:`poselab.methods.seal.joint_mse_loss`, backward, Adam;
+    * SEAL: :func:`poselab.methods.seal.seal_step` on a ``SealModel(lifter, EnergyNet(17),
+      objective="margin")`` with Adam over ``model.param_groups(1e-3, 1e-3)``: a loss-net step
+      (one energy pass over the ``2B`` ground truths and predictions, backward, Adam) then a
+      task-net step (one energy pass through the frozen loss-net, backward into the lifter, Adam).
+
+    The loss-net's cost does not depend on the task-net, so the ratio is largest for the cheapest
+    task-net (the MLP). Both models start from the same lifter weights and take random
+    ``(batch_size, 17, 2)`` inputs and root-relative ``(batch_size, 17, 3)`` targets (metres); the
+    two steps alternate within each repeat (as in :func:`training_step_seconds`), so machine load
+    hits both alike.
+
+    Returns:
+        ``{task_net: {"plain_ms", "seal_ms", "ratio"}}``: median milliseconds per step and
+        seal / plain (SEAL's training-time overhead).
+    """
+    import copy
+
+    from poselab.methods import seal
+    from poselab.models.lifting import build_lifter
+
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 17, 2, generator=gen).to(device)
+    y = 0.3 * torch.randn(batch_size, 17, 3, generator=gen)
+    y = (y - y[:, :1]).to(device)
+    out = {}
+    for name in task_nets:
+        torch.manual_seed(0)
+        plain = build_lifter(name).to(device).train()
+        model = seal.SealModel(copy.deepcopy(plain), seal.EnergyNet(17), objective="margin", alpha=1.0)
+        model.to(device).train()
+        plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+        seal_opt = torch.optim.Adam(model.param_groups(1e-3, 1e-3))
+
+        def plain_step(plain=plain, plain_opt=plain_opt):
+            plain_opt.zero_grad(set_to_none=True)
+            seal.joint_mse_loss(plain, x, y).backward()
+            plain_opt.step()
+
+        def seal_step(model=model, seal_opt=seal_opt):
+            seal.seal_step(model, x, y, seal_opt)
+
+        t = _interleaved_seconds({"plain": plain_step, "seal": seal_step}, max(repeats, 3), device)
+        out[name] = {"plain_ms": 1000 * t["plain"], "seal_ms": 1000 * t["seal"], "ratio": t["seal"] / t["plain"]}
+    return out
 
 
 def bench_hessian_vector_product(device: torch.device, repeats: int, batch_size: int = 1024) -> dict[str, float]:
@@ -205,5 +268,6 @@ def run_benchmarks(device: str = "auto", repeats: int = 5) -> dict[str, Any]:
             "lifter_train_step": bench_lifter_steps(dev, repeats),
             "ensemble_train_step": bench_ensemble_step(dev, repeats),
             "hessian_vector_product": bench_hessian_vector_product(dev, repeats),
+            "seal_train_step": {**bench_seal_step(dev, repeats), "target": "<= 2x"},
         },
     }

@@ -109,3 +109,17 @@ def check_int(arg: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{arg}: expected an int >= {minimum}, got {value}")
     return value
+
+
+def check_like_model(arg: str, x: torch.Tensor, like: torch.Tensor, name: str = "x") -> None:
+    """Raise unless tensor ``x`` has the dtype and device of ``like`` (a model's parameter).
+
+    ``name`` is how the fix is spelled in the message (``x.to(...)``).
+    """
+    if x.dtype != like.dtype:
+        raise TypeError(
+            f"{arg}: dtype {x.dtype} does not match the model's {like.dtype}; "
+            f"convert the input ({name}.to({like.dtype})) or the model (model.to({x.dtype}))"
+        )
+    if x.device != like.device:
+        raise ValueError(f"{arg}: on device {x.device} but the model is on {like.device}; move one of them")

@@ -7,6 +7,10 @@ import torch
 from poselab import metrics
 from poselab.checks import resolve_device
 
+STRUCTURE_METRICS = ("lse", "lle", "bsle")
+"""The structural-consistency metrics of SEAL-Pose (Sec. 4): limb symmetry, limb length and
+body-segment length errors, all relative (unitless)."""
+
 LIFTING_METRICS = ("mpjpe_mm", "p_mpjpe_mm", "n_mpjpe_mm", "pck150", "auc")
 """Keys of :func:`lifting_metrics`: errors in millimetres, PCK@150 mm and AUC (0-150 mm) as fractions."""
 
@@ -37,3 +41,27 @@ def lifting_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float
         "auc": float(metrics.auc3d(pred, target)),
     }
 
+
+
+def structure_ratios(pred: torch.Tensor, target: torch.Tensor, skeleton, thresholds=(0.1, 0.2)) -> dict[str, float]:
+    """SEAL-Pose Tables 3-4: the share of (sample, limb) values of LSE, LLE and BSLE above each threshold.
+
+    Args:
+        pred, target: ``(N, J, 3)`` poses (any unit; the metrics are relative).
+        skeleton: the :class:`~poselab.data.skeleton.Skeleton` of the poses; its zero-length bones
+            (:data:`~poselab.data.skeleton.ZERO_LENGTH_JOINTS`) are left out, since a relative
+            length error on them is undefined.
+        thresholds: relative-error thresholds (the paper: 0.1 and 0.2).
+    Returns:
+        ``{"lse@0.1": fraction, "lle@0.1": ..., "bsle@0.1": ..., "lse@0.2": ...}``, fractions in [0, 1].
+        LSE needs no target (it compares a pose's left and right limbs); ``structure_ratios(target,
+        target, ...)`` gives the ground truth's own LSE ratios (LLE and BSLE are then 0).
+    """
+    from poselab.data.skeleton import structure_limbs, structure_symmetric_limbs
+
+    pairs, limbs = structure_symmetric_limbs(skeleton), structure_limbs(skeleton)
+    values = {"lse": metrics.lse(pred, pairs, reduction="none"),
+              "lle": metrics.lle(pred, target, pairs, reduction="none"),
+              "bsle": metrics.bsle(pred, target, limbs, reduction="none")}
+    return {f"{name}@{t:g}": float(metrics.above_threshold_ratio(values[name], t))
+            for t in thresholds for name in STRUCTURE_METRICS}

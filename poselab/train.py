@@ -50,6 +50,8 @@ CHECKPOINT_FORMAT = "poselab.train/1"
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EvalFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, float]]
 Callback = Callable[[int, "History", nn.Module], Any]
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer], torch.Tensor]
+ParamGroupsFn = Callable[[nn.Module], Sequence[Mapping[str, Any]]]
 
 
 # --------------------------------------------------------------------------- history
@@ -324,6 +326,40 @@ def _check_compatible(path: Path, saved: Mapping, current: Mapping) -> None:
 # ---------------------------------------------------------------------- the training
 
 
+def _check_scalar(arg: str, loss: Any) -> None:
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"{arg}: expected a scalar (0-d) tensor, got {got}")
+
+
+def _param_groups(model: nn.Module, param_groups: ParamGroupsFn | None, params: list) -> list[dict]:
+    """Adam parameter groups: ``param_groups(model)`` checked (every trainable parameter in
+    exactly one group, options plain numbers), or one group of ``params``."""
+    if param_groups is None:
+        return [{"params": params}]
+    groups = param_groups(model)
+    if not isinstance(groups, Sequence) or not groups or not all(isinstance(g, Mapping) and "params" in g for g in groups):
+        raise ValueError(f"param_groups: expected a non-empty list of dicts with a 'params' entry, got {groups!r}")
+    out, seen = [], set()
+    for i, g in enumerate(groups):
+        members = list(g["params"])
+        if not members or not all(isinstance(p, nn.Parameter) for p in members):
+            raise ValueError(f"param_groups: group {i} must hold at least one parameter, and only parameters")
+        for key, value in g.items():
+            if key != "params" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise TypeError(f"param_groups: group {i} option {key!r} should be a number, got {value!r}")
+        ids = {id(p) for p in members}
+        if ids & seen:
+            raise ValueError(f"param_groups: group {i} repeats parameters of an earlier group")
+        seen |= ids
+        out.append({**g, "params": members})
+    missing = [p for p in params if id(p) not in seen]
+    if missing or len(seen) != len(params):
+        raise ValueError(f"param_groups: the groups must cover every trainable parameter of the model exactly once "
+                         f"({len(seen)} grouped vs {len(params)} trainable)")
+    return out
+
+
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Permutation of ``range(n)`` for ``epoch``, a pure function of ``(seed, epoch)``.
 
@@ -354,6 +390,8 @@ def train_model(
     resume: bool = True,
     progress: bool = True,
     callbacks: Callback | Sequence[Callback] | None = None,
+    step_fn: StepFn | None = None,
+    param_groups: ParamGroupsFn | None = None,
 ) -> History:
     """Train ``model`` with Adam on ``train_set`` for ``epochs`` epochs and return its History.
 
@@ -394,6 +432,17 @@ def train_model(
         callbacks: callable(s) ``callback(epoch, history, model)`` run after each epoch
             once its checkpoint is on disk (``epoch`` is 1-based; ``history.last`` is its
             record). An exception raised there stops training; the run can be resumed.
+        step_fn: replaces the default optimisation step (``loss_fn``, ``zero_grad``,
+            ``backward``, ``step``) for methods that take several steps per batch, e.g.
+            SEAL's loss-net step then task-net step. ``step_fn(model, inputs, targets,
+            optimizer)`` does its own backward passes and ``optimizer.step()`` calls and
+            returns the scalar loss to record (``train_loss``). ``loss_fn`` and
+            ``max_grad_norm`` are then unused and must be left at their defaults.
+        param_groups: ``param_groups(model) -> [{"params": [...], "lr": ...}, ...]``, Adam
+            parameter groups with their own options (e.g. two networks with their own
+            learning rates). Adam keeps its state per parameter, so a group stepped alone
+            behaves exactly as a separate Adam optimiser would. Default: one group of all
+            trainable parameters at ``lr``. ``lr_decay`` scales every group's lr.
 
     Returns:
         The :class:`History`, one record per epoch (including epochs from a resumed
@@ -437,6 +486,12 @@ def train_model(
     for i, cb in enumerate(callbacks):
         if not callable(cb):
             raise TypeError(f"callbacks[{i}]: expected a callable (epoch, history, model), got {type(cb).__name__}")
+    if step_fn is not None:
+        _check_callable("step_fn", step_fn)
+        if loss_fn is not mpjpe_loss or max_grad_norm is not None:
+            raise ValueError("step_fn: it replaces loss_fn and max_grad_norm; leave those at their defaults")
+    if param_groups is not None:
+        _check_callable("param_groups", param_groups)
     if not isinstance(resume, bool):
         raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
     ckpt_path = None
@@ -449,6 +504,7 @@ def train_model(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: has no trainable parameters (requires_grad=True)")
+    groups = _param_groups(model, param_groups, params)
 
     config = _fingerprint(
         model,
@@ -465,6 +521,8 @@ def train_model(
         loss_fn=_callable_name(loss_fn),
         eval_fn=_callable_name(eval_fn),
         eval_batch_size=eval_batch_size,
+        step_fn=None if step_fn is None else _callable_name(step_fn),
+        param_groups=[{k: v for k, v in g.items() if k != "params"} | {"size": len(g["params"])} for g in groups],
     )
 
     # ---- set up on the device
@@ -472,7 +530,7 @@ def train_model(
     model.to(dev)
     inputs, targets = inputs.to(dev), targets.to(dev)
     eval_data = {name: (x.to(dev), y.to(dev)) for name, (x, y) in eval_data.items()}
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
     history = History()
     start_epoch = 0
@@ -506,15 +564,17 @@ def train_model(
             total = torch.zeros((), dtype=torch.float64, device=dev)
             for start in range(0, n_used, batch_size):
                 idx = perm[start : start + batch_size]
-                loss = loss_fn(model, inputs[idx], targets[idx])
-                if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                    got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                    raise ValueError(f"loss_fn: expected a scalar (0-d) tensor, got {got}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+                if step_fn is not None:
+                    loss = step_fn(model, inputs[idx], targets[idx], optimizer)
+                    _check_scalar("step_fn", loss)
+                else:
+                    loss = loss_fn(model, inputs[idx], targets[idx])
+                    _check_scalar("loss_fn", loss)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    optimizer.step()
                 total += loss.detach().double() * idx.shape[0]
             scheduler.step()
             train_loss = float(total) / n_used

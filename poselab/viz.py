@@ -309,6 +309,93 @@ def landscape_walk_figure(alphas, losses, poses, target, skeleton, title: str = 
     return fig
 
 
+OVERLAY_COLOURS = ("#444444", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
+"""Colours of :func:`poses_overlay_figure`, one per pose set in dict order (the first, usually the
+ground truth, is dark grey); they repeat after eight sets."""
+
+
+def _overlay_traces(poses: dict[str, np.ndarray], i: int, skeleton) -> list[go.Scatter3d]:
+    """One trace per pose set: every limb of sample ``i`` in that set's colour (plot axes)."""
+    traces = []
+    for k, (name, p) in enumerate(poses.items()):
+        segments = _limb_segments(_to_plot_axes(camera_to_upright(p[i])), skeleton)
+        seg = np.concatenate(list(segments.values()))
+        colour = OVERLAY_COLOURS[k % len(OVERLAY_COLOURS)]
+        traces.append(go.Scatter3d(
+            x=seg[:, 0], y=seg[:, 1], z=seg[:, 2], mode="lines+markers", name=name, legendgroup=name,
+            line=dict(color=colour, width=5), marker=dict(size=3, color=colour), connectgaps=False))
+    return traces
+
+
+def poses_overlay_figure(poses: dict, skeleton, labels: Sequence[str] | None = None, title: str = "",
+                         max_samples: int | None = None) -> go.Figure:
+    """Several poses of the same samples overlaid in one 3D scene, with a slider over the samples.
+
+    For comparing methods sample by sample, e.g. the ground truth, a baseline's prediction and a
+    SEAL-Pose prediction for each test input. Each pose set is one trace in its own colour
+    (:data:`OVERLAY_COLOURS`, legend by name); the scene has equal metric axes that hold every
+    shown pose, so the slider does not rescale it. A static figure (plotly frames): it works in
+    the rendered book without a kernel.
+
+    Args:
+        poses: ``{name: (N, J, 3)}`` camera-frame positions in metres (OpenCV axes: y down,
+            z forward; drawn upright via :func:`camera_to_upright`), torch or NumPy, all of
+            the same shape, e.g. ``{"ground truth": y, "baseline": p0, "SEAL (margin)": p1}``.
+        skeleton: a :class:`~poselab.data.skeleton.Skeleton` with ``J`` joints.
+        labels: ``N`` strings, one per sample, shown above the slider for the current sample
+            (e.g. ``"sample 12: baseline 85 mm, SEAL 61 mm"``); default ``"sample i"``.
+        title: the figure title.
+        max_samples: show only the first ``max_samples`` samples (keeps the page small);
+            ``None`` shows all ``N``.
+
+    Returns:
+        A ``go.Figure`` with one trace per name (sample 0) and one frame and slider step per
+        shown sample.
+    """
+    if not isinstance(poses, dict) or not poses:
+        got = "an empty dict" if isinstance(poses, dict) else type(poses).__name__
+        raise ValueError(f"poses: expected a non-empty dict {{name: (N, J, 3) array}}, got {got}")
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in poses.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"poses: names must be non-empty strings, got {name!r}")
+        arr = _np(value).astype(np.float64)
+        check_shape(f"poses[{name!r}]", arr, (None, skeleton.num_joints, 3))
+        arrays[name] = arr
+    first = next(iter(arrays))
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{name!r} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"poses: expected every entry to have the shape of {first!r} {shapes[first]}, got {desc}")
+    n = shapes[first][0]
+    if n == 0:
+        raise ValueError("poses: expected at least one sample (N >= 1), got N = 0")
+    if labels is None:
+        labels = [f"sample {i}" for i in range(n)]
+    else:
+        if isinstance(labels, str) or len(labels) != n:
+            got = "a string" if isinstance(labels, str) else f"{len(labels)} labels"
+            raise ValueError(f"labels: expected one label per sample ({n}), got {got}")
+        labels = [str(label) for label in labels]
+    if max_samples is not None:
+        if not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1:
+            raise ValueError(f"max_samples: expected an int >= 1 or None, got {max_samples!r}")
+        n = min(n, max_samples)
+        arrays = {name: a[:n] for name, a in arrays.items()}
+
+    fig = go.Figure(data=_overlay_traces(arrays, 0, skeleton))
+    fig.frames = [go.Frame(data=_overlay_traces(arrays, i, skeleton), name=str(i)) for i in range(n)]
+    steps = [dict(method="animate", label=labels[i],
+                  args=[[str(i)], dict(mode="immediate", frame=dict(duration=0, redraw=True))]) for i in range(n)]
+    every = np.concatenate([_to_plot_axes(camera_to_upright(a)).reshape(-1, 3) for a in arrays.values()])
+    # Step labels can be long: show only the current one (above the slider), not one under every tick.
+    slider = dict(steps=steps, active=0, currentvalue=dict(prefix="", font=dict(size=13, color="#444444")),
+                  font=dict(color="rgba(0,0,0,0)"), pad=dict(t=20))
+    fig.update_layout(title=title, scene=_equal_scene(every), sliders=[slider], height=560,
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(itemsizing="constant"))
+    return fig
+
+
 def _figure_output(fig: go.Figure) -> dict:
     """A notebook ``display_data`` output of ``fig``: plotly's mimetype (JupyterLab) and HTML that
     loads plotly.js from its CDN (classic Jupyter, Colab: live widgets run where there is a network)."""

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -37,16 +38,33 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     report = json.loads(capsys.readouterr().out)
     entries = report["entries"]
     assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step",
-                            "ensemble_train_step", "hessian_vector_product"}
+                            "ensemble_train_step", "hessian_vector_product", "seal_train_step"}
     from poselab.models.lifting import LIFTERS
 
     assert set(entries["lifter_train_step"]) == set(LIFTERS)
     assert entries["lifter_train_step"]["mlp"]["ratio_vs_mlp"] == 1.0
     assert set(entries["ensemble_train_step"]) >= {"ensemble_ratio_vs_single", "independent_ratio_vs_single"}
     assert "hvp_ratio_vs_gradient" in entries["hessian_vector_product"]
+    assert set(entries["seal_train_step"]) == {"mlp", "gcn", "target"}
+    assert entries["seal_train_step"]["target"] == "<= 2x"
+    notes = {name: e.pop("target") for name, e in entries.items() if "target" in e}  # strings, not timings
+    assert all(isinstance(n, str) and n for n in notes.values())
     flat = [v for e in entries.values() for v in (e.values() if not isinstance(next(iter(e.values())), dict)
                                                  else [x for d in e.values() for x in d.values()])]
     assert all(isinstance(v, float) and v > 0 for v in flat)
+
+
+def test_bench_seal_step_times_both_steps():
+    from poselab.bench import bench_seal_step
+
+    report = bench_seal_step("cpu", repeats=1, batch_size=32, task_nets=("mlp", "cnn"))
+    assert set(report) == {"mlp", "cnn"}
+    for out in report.values():
+        assert set(out) == {"plain_ms", "seal_ms", "ratio"}
+        assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in out.values())
+        assert out["ratio"] == pytest.approx(out["seal_ms"] / out["plain_ms"])
+    with pytest.raises(ValueError, match="repeats: expected an int >= 1"):
+        bench_seal_step("cpu", repeats=0)
 
 
 def test_bench_rejects_bad_repeats():

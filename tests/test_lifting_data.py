@@ -303,3 +303,53 @@ def test_train_noise_only_touches_train(splits):
 def test_build_lifting_splits_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
         build_lifting_splits(**kwargs)
+
+
+# --- the cmu31 layout ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cmu_splits():
+    return build_lifting_splits("fast", seed=0, layout="cmu31")
+
+
+def test_cmu31_layout_shapes_match_h36m17_splits(splits, cmu_splits):
+    assert set(cmu_splits) == set(splits)
+    for domain, ds in cmu_splits.items():
+        n = len(splits[domain])
+        assert ds.inputs.shape == (n, 31, 2) and ds.targets.shape == (n, 31, 3)
+        assert ds.inputs.dtype == torch.float32 and ds.targets.dtype == torch.float32
+        assert torch.isfinite(ds.inputs).all() and torch.isfinite(ds.targets).all()
+        # the same samples: same subjects, clips, frames and cameras, in the same order
+        for field in ("subject", "clip", "frame", "camera"):
+            assert torch.equal(getattr(ds, field), getattr(splits[domain], field)), field
+
+
+def test_cmu31_joints_shared_with_h36m17_agree(splits, cmu_splits):
+    from poselab.data.skeleton import CMU_TO_H36M, H36M17
+
+    shared = [(h, c) for h, c in enumerate(CMU_TO_H36M) if c < 31]  # all but the head top (End Site)
+    assert len(shared) == 16 and H36M17.joint_names[10] == "Head" and 10 not in dict(shared)
+    h36m, cmu = torch.tensor([h for h, _ in shared]), torch.tensor([c for _, c in shared])
+    for domain, ds in cmu_splits.items():
+        ref = splits[domain]
+        torch.testing.assert_close(ds.targets[:, cmu], ref.targets[:, h36m], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ds.inputs[:, cmu], ref.inputs[:, h36m], rtol=0, atol=1e-6)
+
+
+def test_cmu31_root_is_zero_and_zero_length_joints_sit_on_it(cmu_splits):
+    from poselab.data.skeleton import CMU31, ZERO_LENGTH_JOINTS
+
+    on_root = [CMU31.index(n) for n in ZERO_LENGTH_JOINTS["cmu31"]]
+    assert sorted(on_root) == [1, 6, 11]
+    for ds in cmu_splits.values():
+        assert torch.equal(ds.targets[:, 0], torch.zeros_like(ds.targets[:, 0]))  # root-relative, pelvis = joint 0
+        assert ds.targets[:, on_root].abs().max() < 1e-6
+        assert torch.allclose(ds.inputs[:, on_root], ds.inputs[:, :1].expand(-1, 3, -1), atol=1e-6)
+        others = [j for j in range(1, 31) if j not in on_root]
+        assert (ds.targets[:, others].norm(dim=-1) > 1e-3).all()  # every other joint is off the root
+
+
+def test_unknown_layout_raises_naming_the_choices():
+    with pytest.raises(ValueError, match=r"layout.*'h36m17', 'cmu31'"):
+        build_lifting_splits("fast", layout="h36m32")

@@ -127,3 +127,78 @@ def test_cmu_to_h36m_table_names_every_joint_and_its_source():
     assert table[0] == ("Hip", "Hips")
     assert table[10] == ("Head", "Head End Site")
     assert table[16] == ("RWrist", "RightHand")
+
+
+# ------------------------------------------------------------- layouts and structural limbs
+
+
+def test_layouts_name_the_two_skeletons():
+    from poselab.data.skeleton import LAYOUTS, ZERO_LENGTH_JOINTS
+
+    assert LAYOUTS == {"h36m17": H36M17, "cmu31": CMU31}
+    assert all(name == skel.name for name, skel in LAYOUTS.items())
+    assert set(ZERO_LENGTH_JOINTS) <= set(LAYOUTS)
+    for name, joints in ZERO_LENGTH_JOINTS.items():
+        assert all(LAYOUTS[name].index(j) > 0 for j in joints)  # real joints, never the root
+
+
+def test_structure_limbs_of_h36m17_are_all_its_limbs():
+    from poselab.data.skeleton import structure_limbs, structure_symmetric_limbs
+
+    assert structure_limbs(H36M17) == H36M17.limbs
+    assert structure_symmetric_limbs(H36M17) == H36M17.symmetric_limbs
+
+
+def test_structure_limbs_of_cmu31_drop_the_three_zero_length_bones():
+    from poselab.data.skeleton import structure_limbs, structure_symmetric_limbs
+
+    limbs, pairs = structure_limbs(CMU31), structure_symmetric_limbs(CMU31)
+    gone = {CMU31.index(n) for n in ("LHipJoint", "RHipJoint", "LowerBack")}
+    assert len(limbs) == 27 and len(pairs) == 11
+    assert set(CMU31.limbs) - set(limbs) == {(0, j) for j in gone}
+    assert set(limbs) <= set(CMU31.limbs) and all(c not in gone for _, c in limbs)
+    assert set(pairs) == {p for p in CMU31.symmetric_limbs if p[0][1] not in gone}
+    # the bones out of the zero-length joints stay: hip joint -> upper leg, lower back -> spine
+    assert {(1, 2), (6, 7), (11, 12)} <= set(limbs)
+
+
+@pytest.fixture(scope="module")
+def cmu31_targets():
+    from poselab.data.lifting import build_lifting_splits
+
+    return build_lifting_splits("fast", seed=0, layout="cmu31")["test_in"].targets  # (N, 31, 3) metres
+
+
+def test_structure_limbs_have_positive_length_on_real_cmu31_data(cmu31_targets):
+    from poselab.data.skeleton import structure_limbs, structure_symmetric_limbs
+
+    y = cmu31_targets
+    seg = torch.tensor(structure_limbs(CMU31))
+    lengths = (y[:, seg[:, 1]] - y[:, seg[:, 0]]).norm(dim=-1)  # (N, 27)
+    assert lengths.min() > 0.005  # metres: every remaining bone is a real segment
+    paired = torch.tensor(structure_symmetric_limbs(CMU31)).reshape(-1, 2)  # (22, 2) left, right, left, ...
+    assert (y[:, paired[:, 1]] - y[:, paired[:, 0]]).norm(dim=-1).min() > 0.005
+    full = torch.tensor(CMU31.limbs)
+    dropped = (y[:, full[:, 1]] - y[:, full[:, 0]]).norm(dim=-1).amax(dim=0) < 1e-6  # (30,)
+    assert full[dropped].tolist() == [[0, 1], [0, 6], [0, 11]]
+
+
+def test_structural_metrics_work_on_cmu31_with_structure_limbs(cmu31_targets):
+    from poselab.data.skeleton import structure_limbs, structure_symmetric_limbs
+    from poselab.metrics import bsle, lle, lse
+
+    y = cmu31_targets[:200]
+    pred = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    limbs, pairs = structure_limbs(CMU31), structure_symmetric_limbs(CMU31)
+    assert bsle(y, y, limbs=limbs).item() == 0.0
+    assert bsle(pred, y, limbs=limbs, reduction="none").shape == (200, 27)
+    assert 0 < bsle(pred, y, limbs=limbs).item() < 1
+    assert lle(pred, y, symmetric_limbs=pairs, reduction="none").shape == (200, 22)
+    assert 0 < lle(pred, y, symmetric_limbs=pairs).item() < 1
+    sym = lse(y, symmetric_limbs=pairs, reduction="none")
+    assert sym.shape == (200, 11) and torch.isfinite(sym).all() and 0 <= sym.min() and sym.max() < 1
+    # with every bone, the zero-length ones make the relative error undefined
+    with pytest.raises(ValueError, match="length 0"):
+        bsle(pred, y, limbs=CMU31)
+    with pytest.raises(ValueError, match="length 0"):
+        lle(pred, y, symmetric_limbs=CMU31)

@@ -315,3 +315,167 @@ def test_a_trailing_single_sample_batch_does_not_break_batchnorm():
     x, y = torch.randn(9, 17, 2), torch.randn(9, 17, 3)  # 9 % 4 == 1: the last batch would hold one sample
     history = train_model(model, (x, y), epochs=2, batch_size=4, progress=False)
     assert len(history) == 2 and all(math.isfinite(v) for v in history.column("train_loss"))
+
+
+# ------------------------------------------------------------- step_fn and param_groups
+
+
+def two_groups(lr0: float = 1e-2, lr1: float = 1e-3):
+    """param_groups: the first Linear at ``lr0``, the second at ``lr1``."""
+
+    def groups(model):
+        return [{"params": list(model[1].parameters()), "lr": lr0}, {"params": list(model[4].parameters()), "lr": lr1}]
+
+    return groups
+
+
+def step_first_group_only(model, x, y, optimizer):
+    """A step_fn that updates only the parameters of optimizer group 0 (Adam skips grad-less ones)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = mpjpe_loss(model, x, y)
+    loss.backward(inputs=optimizer.param_groups[0]["params"])
+    optimizer.step()
+    return loss.detach()
+
+
+def plain_step(model, x, y, optimizer):
+    """The default step written out as a step_fn (MPJPE, backward, Adam)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = mpjpe_loss(model, x, y)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def test_step_fn_called_once_per_batch_and_its_loss_recorded():
+    data = make_data(n=40)  # batches of 16, 16, 8: the recorded loss is a sample-weighted mean
+    calls = []
+
+    def step(model, x, y, optimizer):
+        loss = plain_step(model, x, y, optimizer)
+        calls.append((float(loss), x.shape[0]))
+        return loss
+
+    hist = train_model(make_model(), data, epochs=2, step_fn=step, **FAST)
+    assert [b for _, b in calls] == [16, 16, 8] * 2
+    for epoch in range(2):
+        batch = calls[3 * epoch : 3 * epoch + 3]
+        expected = sum(loss * b for loss, b in batch) / 40
+        assert hist.column("train_loss")[epoch] == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_fn_written_as_the_default_step_matches_it_bitwise():
+    data = make_data()
+    m1, m2 = make_model(), make_model()
+    h1 = train_model(m1, data, epochs=2, **FAST)
+    h2 = train_model(m2, data, epochs=2, step_fn=plain_step, **FAST)
+    assert states_equal(m1, m2) and h1.column("train_loss") == h2.column("train_loss")
+
+
+@pytest.mark.parametrize("extra", [dict(loss_fn=lambda m, x, y: mpjpe_loss(m, x, y)), dict(max_grad_norm=1.0)])
+def test_step_fn_with_loss_fn_or_grad_clipping_raises(extra):
+    with pytest.raises(ValueError, match="step_fn: it replaces loss_fn and max_grad_norm"):
+        train_model(make_model(), make_data(8), epochs=1, step_fn=plain_step, **extra, **FAST)
+
+
+def test_step_fn_must_return_a_scalar_tensor():
+    with pytest.raises(ValueError, match=r"step_fn: expected a scalar \(0-d\) tensor, got \(16,\)"):
+        train_model(make_model(), make_data(), epochs=1, step_fn=lambda m, x, y, o: torch.zeros(x.shape[0]), **FAST)
+    with pytest.raises(ValueError, match="step_fn: expected a scalar.*got float"):
+        train_model(make_model(), make_data(), epochs=1, step_fn=lambda m, x, y, o: 1.0, **FAST)
+    with pytest.raises(TypeError, match="step_fn"):
+        train_model(make_model(), make_data(), epochs=1, step_fn="adam", **FAST)
+
+
+def test_param_groups_have_their_own_lr_and_a_group_stepped_alone_leaves_the_other():
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def step(model, x, y, optimizer):
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        return step_first_group_only(model, x, y, optimizer)
+
+    hist = train_model(model, make_data(), epochs=1, step_fn=step, param_groups=two_groups(1e-2, 1e-3), **FAST)
+    assert seen[0] == [1e-2, 1e-3]
+    after = model.state_dict()
+    assert not torch.equal(after["1.weight"], before["1.weight"]) and not torch.equal(after["1.bias"], before["1.bias"])
+    assert torch.equal(after["4.weight"], before["4.weight"]) and torch.equal(after["4.bias"], before["4.bias"])
+    assert hist.last["lr"] == 1e-2  # the record shows group 0's lr
+
+
+def test_param_groups_lrs_all_decay_each_epoch():
+    lrs = []
+
+    def record(model, x, y, optimizer):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        return plain_step(model, x, y, optimizer)
+
+    hist = train_model(make_model(), make_data(32), epochs=3, lr_decay=0.5, step_fn=record,
+                       param_groups=two_groups(0.02, 0.004), **FAST)
+    per_epoch = lrs[::2]  # 32 samples, batches of 16: two steps per epoch
+    assert len(per_epoch) == 3 and all(lrs[2 * e] == lrs[2 * e + 1] for e in range(3))
+    assert per_epoch == [pytest.approx([0.02, 0.004]), pytest.approx([0.01, 0.002]), pytest.approx([0.005, 0.001])]
+    assert hist.column("lr") == pytest.approx([0.02, 0.01, 0.005])
+
+
+def test_param_groups_without_step_fn_train_every_group_at_its_lr():
+    m1, m2 = make_model(), make_model()
+    train_model(m1, make_data(), epochs=2, **FAST)  # lr 1e-2 for all
+    train_model(m2, make_data(), epochs=2, param_groups=two_groups(1e-2, 1e-2), **FAST)
+    assert states_equal(m1, m2)  # the same lr in two groups is one Adam over all parameters
+
+
+@pytest.mark.parametrize(
+    "groups, exc, match",
+    [
+        (lambda m: [{"params": list(m[1].parameters())}], ValueError,
+         r"cover every trainable parameter.*2 grouped vs 4"),
+        (lambda m: [{"params": list(m.parameters())}, {"params": [m[1].weight]}], ValueError,
+         "group 1 repeats parameters"),
+        (lambda m: [{"params": list(m[1].parameters()), "lr": "1e-3"}, {"params": list(m[4].parameters())}],
+         TypeError, "group 0 option 'lr' should be a number"),
+        (lambda m: [{"params": list(m.parameters()), "lr": True}], TypeError, "option 'lr' should be a number"),
+        (lambda m: [], ValueError, "non-empty list of dicts"),
+        (lambda m: [{"lr": 1e-3}], ValueError, "'params' entry"),
+        (lambda m: [{"params": []}, {"params": list(m.parameters())}], ValueError, "group 0 must hold at least one"),
+        ("groups", TypeError, "param_groups"),
+    ],
+)
+def test_bad_param_groups_raise(groups, exc, match):
+    with pytest.raises(exc, match=match):
+        train_model(make_model(), make_data(8), epochs=1, param_groups=groups, **FAST)
+
+
+def test_resume_with_param_groups_and_step_fn_is_bitwise(tmp_path):
+    data = make_data()
+    extra = dict(step_fn=step_first_group_only, param_groups=two_groups(1e-2, 1e-3))
+    full = make_model()
+    full_hist = train_model(full, data, epochs=4, **extra, **FAST)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(make_model(), data, epochs=4, checkpoint_path=ckpt, callbacks=[Interrupt(2)], **extra, **FAST)
+    torch.rand(1000)  # a different global RNG state in the "new session"
+    resumed = make_model(init_seed=123)
+    hist = train_model(resumed, data, epochs=4, checkpoint_path=ckpt, **extra, **FAST)
+    assert states_equal(full, resumed)
+    assert hist.column("train_loss") == full_hist.column("train_loss")
+    assert hist.column("lr") == full_hist.column("lr")
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(param_groups=two_groups(1e-2, 5e-3)), "param_groups"),  # another lr for group 1
+        (dict(param_groups=lambda m: [{"params": list(m.parameters()), "lr": 1e-2}]), "param_groups"),  # one group
+        (dict(step_fn=plain_step), "step_fn"),
+        (dict(step_fn=None), "step_fn"),
+    ],
+)
+def test_resume_with_other_param_groups_or_step_fn_raises(tmp_path, change, name):
+    ckpt = tmp_path / "c.pt"
+    base = dict(FAST, epochs=3, step_fn=step_first_group_only, param_groups=two_groups(1e-2, 1e-3))
+    with pytest.raises(KeyboardInterrupt):
+        train_model(make_model(), make_data(), checkpoint_path=ckpt, callbacks=[Interrupt(1)], **base)
+    with pytest.raises(ValueError, match=rf"incompatible training configuration \(.*{name}.*resume=False"):
+        train_model(make_model(), make_data(), checkpoint_path=ckpt, **{**base, **change})

@@ -125,3 +125,73 @@ def test_curves_grid_figure_keeps_one_colour_per_series():
         viz.curves_grid_figure([0, 1], {"a": {"y": [1]}}, xlabel="s", ylabel="mm")
     with pytest.raises(ValueError, match="at least one panel"):
         viz.curves_grid_figure([0, 1], {}, xlabel="s", ylabel="mm")
+
+
+# ------------------------------------------------------------------------ pose overlays
+
+
+def _overlay_poses(n=4, names=("ground truth", "baseline", "SEAL (margin)")):
+    base = _pose(n) - _pose(n)[:, :1]  # root-relative, camera frame
+    return {name: base + 0.01 * k for k, name in enumerate(names)}
+
+
+def test_poses_overlay_figure_one_trace_per_name_and_a_step_per_sample():
+    poses = _overlay_poses(4)
+    labels = [f"sample {i}: baseline {80 + i} mm, SEAL {60 + i} mm" for i in range(4)]
+    fig = viz.poses_overlay_figure(poses, H36M17, labels=labels, title="overlay")
+    assert [t.name for t in fig.data] == list(poses)  # legend by name
+    assert len({t.line.color for t in fig.data}) == 3  # one colour per name
+    assert len(fig.frames) == 4 and all(len(f.data) == 3 for f in fig.frames)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == labels
+    assert [list(s.args[0]) for s in steps] == [["0"], ["1"], ["2"], ["3"]]
+    assert fig.layout.title.text == "overlay"
+    assert fig.layout.sliders[0].currentvalue.font.color != fig.layout.sliders[0].font.color  # current label shown
+    # every limb of the skeleton is drawn once per name (NaN-separated segments)
+    assert all(np.isnan(np.asarray(t.x, dtype=float)).sum() == len(H36M17.limbs) for t in fig.data)
+
+
+def test_poses_overlay_figure_draws_the_camera_frame_upright():
+    poses = {"a": torch.tensor([[[0.0, 0.0, 0.0]] * 16 + [[0.1, -0.5, 0.2]]])}  # 0.5 m above the root (y down)
+    fig = viz.poses_overlay_figure(poses, H36M17)
+    expected = viz._to_plot_axes(viz.camera_to_upright(np.array([0.1, -0.5, 0.2])))
+    pts = np.stack([np.asarray(fig.data[0][k], dtype=float) for k in "xyz"], axis=1)
+    assert np.isclose(pts, expected).all(axis=1).any()
+    assert expected[2] == pytest.approx(0.5)  # plotly's up axis
+    z_range = fig.layout.scene.zaxis.range
+    assert z_range[0] < 0 < 0.5 < z_range[1]
+
+
+def test_poses_overlay_figure_default_labels_and_max_samples():
+    fig = viz.poses_overlay_figure(_overlay_poses(6), H36M17, max_samples=2)
+    assert len(fig.frames) == 2
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["sample 0", "sample 1"]
+    fig = viz.poses_overlay_figure({"only": _pose(3).numpy()}, H36M17, max_samples=10)
+    assert len(fig.frames) == 3 and len(fig.data) == 1
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: viz.poses_overlay_figure({}, H36M17), "poses: expected a non-empty dict.*got an empty dict"),
+    (lambda: viz.poses_overlay_figure([_pose(2)], H36M17), "poses: expected a non-empty dict.*got list"),
+    (lambda: viz.poses_overlay_figure({"a": _pose(3), "b": _pose(2)}, H36M17),
+     r"shape of 'a' \(3, 17, 3\).*'b' \(2, 17, 3\)"),
+    (lambda: viz.poses_overlay_figure({"a": torch.zeros(2, 31, 3)}, H36M17),
+     r"poses\['a'\]: expected shape \(\*, 17, 3\), got \(2, 31, 3\)"),
+    (lambda: viz.poses_overlay_figure({"a": torch.zeros(17, 3)}, H36M17), r"poses\['a'\]: expected shape"),
+    (lambda: viz.poses_overlay_figure({"a": torch.zeros(0, 17, 3)}, H36M17), "at least one sample"),
+    (lambda: viz.poses_overlay_figure({"a": _pose(3)}, H36M17, labels=["x", "y"]),
+     r"labels: expected one label per sample \(3\), got 2 labels"),
+    (lambda: viz.poses_overlay_figure({"a": _pose(3)}, H36M17, max_samples=0), "max_samples: expected an int >= 1"),
+    (lambda: viz.poses_overlay_figure({1: _pose(3)}, H36M17), "names must be non-empty strings"),
+])
+def test_poses_overlay_figure_rejects_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_poses_overlay_figure_on_cmu31():
+    from poselab.data.skeleton import CMU31
+
+    poses = {"truth": torch.randn(2, 31, 3), "pred": torch.randn(2, 31, 3)}
+    fig = viz.poses_overlay_figure(poses, CMU31)
+    assert len(fig.data) == 2 and all(np.isnan(np.asarray(t.x, dtype=float)).sum() == 30 for t in fig.data)

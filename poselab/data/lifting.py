@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from poselab.checks import check_choice, check_positive, check_profile, check_shape
+from poselab.data.skeleton import LAYOUTS
 from poselab.data.cameras import Cameras, gaussian_noise, make_rig, normalized_to_pixels, pixels_to_normalized
 
 __all__ = [
@@ -365,6 +366,7 @@ def build_lifting_splits(
     train_noise: float | None = None,
     test_noise: float | None = None,
     cross_views: int = CROSS_VIEWS_PER_FRAME,
+    layout: str = "h36m17",
 ) -> dict[str, LiftingSet]:
     """Build the three lifting splits from the mocap clips (deterministic; cached in memory).
 
@@ -387,6 +389,10 @@ def build_lifting_splits(
         train_noise: Gaussian noise (pixels) on the ``train`` 2D inputs, or ``None``.
         test_noise: Gaussian noise (pixels) on both test splits' 2D inputs, or ``None``.
         cross_views: wild cameras per frame in ``test_cross`` (positive int).
+        layout: ``"h36m17"`` (the 17 Human3.6M joints, default) or ``"cmu31"`` (all 31 joints
+            of the BVH skeleton, with hands, toes, clavicles and a two-part neck; three of them
+            coincide with the pelvis, see :data:`poselab.data.skeleton.ZERO_LENGTH_JOINTS`).
+            Joint 0 is the pelvis in both, the root of the root-relative targets.
     Returns:
         ``{"train": ..., "test_in": ..., "test_cross": ...}`` of :class:`LiftingSet` on the
         CPU (a new dict each call; the sets themselves are shared with the cache).
@@ -405,13 +411,14 @@ def build_lifting_splits(
         if value is not None:
             check_positive(name, value, allow_zero=True)
     data_dir = str(mocap.mocap_dir()) if hasattr(mocap, "mocap_dir") else ""
-    key = (data_dir, stride, seed, train_noise, test_noise, cross_views)
+    check_choice("layout", layout, tuple(LAYOUTS))
+    key = (data_dir, stride, seed, train_noise, test_noise, cross_views, layout)
     if key not in _CACHE:
-        _CACHE[key] = _build(stride, seed, train_noise, test_noise, cross_views)
+        _CACHE[key] = _build(stride, seed, train_noise, test_noise, cross_views, layout)
     return dict(_CACHE[key])
 
 
-def _build(stride: int, seed: int, train_noise, test_noise, cross_views: int) -> dict[str, LiftingSet]:
+def _build(stride: int, seed: int, train_noise, test_noise, cross_views: int, layout: str) -> dict[str, LiftingSet]:
     from poselab.data import mocap
 
     infos = {c.name: c for c in _usable_clips()}
@@ -426,7 +433,8 @@ def _build(stride: int, seed: int, train_noise, test_noise, cross_views: int) ->
             idx = torch.arange(0, motion.num_frames, stride)
             # Keep the strided frames before forward kinematics (FK is per frame).
             motion = replace(motion, root_positions=motion.root_positions[idx], local_rotations=motion.local_rotations[idx])
-            joints = mocap.motion_to_h36m(motion)  # (T', 17, 3) metres, world frame
+            # (T', J, 3) metres, world frame
+            joints = mocap.motion_to_h36m(motion) if layout == "h36m17" else mocap.motion_joints(motion)
             poses.append(center_poses(joints.to(torch.float64)))
             subject.append(torch.full((len(idx),), infos[name].subject, dtype=torch.int64))
             clip.append(torch.full((len(idx),), k, dtype=torch.int64))

@@ -20,6 +20,10 @@ __all__ = [
     "CMU_POINTS",
     "CMU_TO_H36M",
     "cmu_to_h36m",
+    "LAYOUTS",
+    "ZERO_LENGTH_JOINTS",
+    "structure_limbs",
+    "structure_symmetric_limbs",
 ]
 
 
@@ -271,3 +275,26 @@ def cmu_to_h36m_table() -> list[tuple[str, str]]:
     """
     source = CMU31.joint_names + ("Head End Site",)
     return [(H36M17.joint_names[i], source[s]) for i, s in enumerate(CMU_TO_H36M)]
+
+
+LAYOUTS: dict[str, Skeleton] = {"h36m17": H36M17, "cmu31": CMU31}
+"""Joint layouts a lifting dataset can use (``poselab.data.lifting.build_lifting_splits(layout=...)``)."""
+
+ZERO_LENGTH_JOINTS: dict[str, tuple[str, ...]] = {"cmu31": ("LHipJoint", "RHipJoint", "LowerBack")}
+"""Joints whose bone from their parent has length 0 in the data: in the CMU BVH files
+``LHipJoint``, ``RHipJoint`` and ``LowerBack`` have a zero offset from ``Hips``, so they sit
+exactly on the pelvis centre in every frame. Their bones carry no length, and a relative
+length error on them is undefined."""
+
+
+def structure_limbs(skeleton: Skeleton) -> tuple[tuple[int, int], ...]:
+    """The skeleton's ``(parent, child)`` bones without the zero-length ones
+    (:data:`ZERO_LENGTH_JOINTS`): the body segments of the structural metrics (BSLE)."""
+    zero = {skeleton.index(n) for n in ZERO_LENGTH_JOINTS.get(skeleton.name, ())}
+    return tuple(limb for limb in skeleton.limbs if limb[1] not in zero)
+
+
+def structure_symmetric_limbs(skeleton: Skeleton) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
+    """Left/right limb pairs without zero-length bones: the pairs of LSE and the limbs of LLE."""
+    zero = {skeleton.index(n) for n in ZERO_LENGTH_JOINTS.get(skeleton.name, ())}
+    return tuple(pair for pair in skeleton.symmetric_limbs if pair[0][1] not in zero and pair[1][1] not in zero)

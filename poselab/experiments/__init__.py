@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "data": "poselab.experiments.data",  # chapter 0
     "landscapes": "poselab.experiments.landscapes",  # chapter 1
     "flat_ensembles": "poselab.experiments.flat_ensembles",  # chapter 2
+    "seal": "poselab.experiments.seal",  # chapter 3
 }
 """Experiment name -> module. The chapter that shows each one is named in its module docstring."""
 

@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from poselab.checks import check_choice
+from poselab.checks import check_choice, check_like_model
 
 __all__ = [
     "LIFTERS",
@@ -100,13 +100,7 @@ def check_keypoints(x: torch.Tensor, num_joints: int, like: torch.Tensor | None 
     if not x.is_floating_point():
         raise TypeError(f"{arg}: expected a floating-point tensor, got dtype {x.dtype}")
     if like is not None:
-        if x.dtype != like.dtype:
-            raise TypeError(
-                f"{arg}: dtype {x.dtype} does not match the model's {like.dtype}; "
-                f"convert the input (x.to({like.dtype})) or the model (model.to({x.dtype}))"
-            )
-        if x.device != like.device:
-            raise ValueError(f"{arg}: on device {x.device} but the model is on {like.device}; move one of them")
+        check_like_model(arg, x, like, "x")
 
 
 def _check_int(arg: str, value, minimum: int = 1) -> int:
