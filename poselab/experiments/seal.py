@@ -164,8 +164,9 @@ def gbi_curve(energy: seal.EnergyNet, inputs: torch.Tensor, init: torch.Tensor, 
     """MPJPE and P-MPJPE (mm) after 0, 1, ..., ``steps`` GBI steps (one small set: the whole trajectory is kept)."""
     dev = next(energy.parameters()).device
     path = seal.gbi_refine(energy, inputs.to(dev), init.to(dev), steps=steps, step_size=step_size).cpu()
-    return {"mpjpe_mm": [1000.0 * float(M.mpjpe(p, targets)) for p in path],
-            "p_mpjpe_mm": [1000.0 * float(M.p_mpjpe(p, targets)) for p in path]}
+    target = targets.expand_as(path)  # every iteration at once: (steps + 1, N, J, 3)
+    return {"mpjpe_mm": (1000.0 * M.mpjpe(path, target, reduction="none").mean(dim=1)).tolist(),
+            "p_mpjpe_mm": (1000.0 * M.p_mpjpe(path, target, reduction="none").mean(dim=1)).tolist()}
 
 
 def choose_step_size(energy: seal.EnergyNet, inputs: torch.Tensor, init: torch.Tensor, targets: torch.Tensor,
@@ -236,7 +237,7 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                                                 for s in ("test_in", "test_cross")}}
         artifacts["predictions"][layout], artifacts["models"][layout], artifacts["splits"][layout] = {}, {}, splits
         for name in cfg["task_nets"]:
-            entry, models, preds, snaps = _run_task_net(layout, name, splits, probe, tune, cfg, metrics["alpha"],
+            entry, models, preds = _run_task_net(layout, name, splits, probe, tune, cfg, metrics["alpha"],
                                                         profile, seed, dev, progress, checkpoint_dir)
             lay[name] = entry
             artifacts["models"][layout][name] = models
@@ -326,7 +327,7 @@ def _run_task_net(layout, name, splits, probe, tune, cfg, alpha, profile, seed, 
     entry["gbi_refinement"]["curve_step_size"] = _curve_step(choice)
     entry["gbi_refinement"]["seal_curve_step_size"] = _curve_step(seal_choice)
     entry.update(results)
-    return entry, models, preds, snaps
+    return entry, models, preds
 
 
 def _curve_step(choice: dict) -> float:
