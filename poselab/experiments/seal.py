@@ -314,8 +314,8 @@ def _run_task_net(layout, name, splits, probe, tune, cfg, alpha, profile, seed, 
     seal_tune = predict(models["margin"], tune.inputs, device=dev)
     seal_choice = choose_step_size(seal_energy, tune.inputs, seal_tune, tune.targets, cfg["gbi_steps"],
                                    cfg["gbi_step_sizes"])
-    # the curves use the largest step size of the grid that did not diverge on the training subset
-    # when the chosen one is 0 (no refinement helps), so the curve still shows what GBI does
+    # the curves use the chosen step size, or the grid's smallest non-zero one when 0 won (no
+    # refinement helped on the training subset), so the curve still shows what GBI does
     entry["gbi_refinement"] = {
         "step_size": eta, "train_mpjpe_mm": choice["mpjpe_mm"],
         "seal_step_size": seal_choice["step_size"], "seal_train_mpjpe_mm": seal_choice["mpjpe_mm"],
