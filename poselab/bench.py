@@ -251,6 +251,107 @@ def bench_hessian_vector_product(device: torch.device, repeats: int, batch_size:
     return {"gradient_ms": 1000 * t_grad, "hvp_ms": 1000 * t_hvp, "hvp_ratio_vs_gradient": t_hvp / t_grad}
 
 
+def bench_rendering(device: str | torch.device, repeats: int, count: int = 32,
+                    sizes: tuple[int, ...] = (64, 128), look: str = "realistic") -> dict[str, float]:
+    """Rendering person crops with :func:`poselab.data.images.render_people`: images per second per size.
+
+    Each call renders ``count`` crops of ``look`` from the train clips with a freshly seeded
+    generator (the same work every repeat). The shares say where a call's time goes: one Anny
+    forward of the ``count`` bodies (the same at every size) and one supersampled
+    :func:`poselab.data.render.render_mesh` of those meshes (rasterise and shade) at each size;
+    the rest is the clip-to-Anny pose mapping, cameras, looks, compositing and labels.
+
+    Returns:
+        ``{"images_per_s_{S}px", "anny_share_{S}px", "render_share_{S}px"}`` for each ``S`` in ``sizes``.
+    """
+    from poselab.data import images
+    from poselab.data.body import body_model
+    from poselab.data.render import render_mesh
+
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    device = resolve_device(device)
+    clips = images.split_clips("train")
+    body = body_model(device)
+    out: dict[str, float] = {}
+    for size in sizes:
+        def render(size=size):
+            return images.render_people(clips, count, look, size, torch.Generator().manual_seed(0), device)
+
+        people = render()
+        pose = torch.cat([people.pose, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(count, 31, 1, 4)], dim=2)
+        pose, phenotypes = pose.to(device), people.phenotypes.to(device)
+        rotation, translation = people.rotation.to(device), people.translation.to(device)
+        focal, center = people.focal.to(device), people.center.to(device)
+        vertices = torch.einsum("bij,bnj->bni", rotation, body(pose, phenotypes).vertices) + translation[:, None]
+        colours = torch.full_like(vertices, 0.5)
+        light = torch.tensor([0.0, 0.0, 1.0], device=device).expand(count, 3)
+
+        def anny():
+            body(pose, phenotypes)
+
+        def raster():
+            render_mesh(vertices, body.faces, focal, center, (size, size), colours, light, 0.4, 0.6,
+                        supersample=images.SUPERSAMPLE, cull_backfaces=True)
+
+        t = _interleaved_seconds({"all": render, "anny": anny, "render": raster}, repeats, device)
+        out[f"images_per_s_{size}px"] = count / t["all"]
+        out[f"anny_share_{size}px"] = t["anny"] / t["all"]
+        out[f"render_share_{size}px"] = t["render"] / t["all"]
+    return out
+
+
+def bench_heatmap_steps(device: str | torch.device, repeats: int, size: int = 64, labelled_batch: int = 32,
+                        unlabelled_batch: int = 32, net: str = "resnet_tiny",
+                        methods: tuple[str, ...] = ("supervised", "consistency", "easy_hard", "dual")
+                        ) -> dict[str, dict[str, float]]:
+    """One semi-supervised heatmap training step per method (:func:`poselab.methods.ssl_collapse.ssl_step`).
+
+    Every method trains ``net`` (two copies for ``dual``) with Adam on the same random
+    ``(labelled_batch, 3, size, size)`` labelled images (random keypoints, all visible) and
+    ``(unlabelled_batch, 3, size, size)`` unlabelled images; augmentations are drawn as in
+    training (easy for labelled images, easy and hard views for unlabelled ones). The steps
+    alternate within each repeat (:func:`training_step_seconds`), so machine load hits all alike.
+
+    Compute per step, in network forward passes over a batch (a backward costs about two):
+    ``supervised`` 3 (labelled), ``easy_hard`` 7 (labelled 3, teacher's easy view 1, student's
+    hard view 3), ``dual`` 14 (``easy_hard`` for each of its two networks); augmentation adds to
+    the unlabelled methods.
+
+    Returns:
+        ``{method: {"step_ms", "ratio_vs_supervised"}}``: median milliseconds per step and the
+        ratio to a supervised step; ``dual`` also has ``ratio_vs_easy_hard`` (two networks
+        against one) when ``easy_hard`` is timed.
+    """
+    from poselab.methods.ssl_collapse import SSLConfig, ssl_step
+    from poselab.models.heatmap import build_heatmap_net
+
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    device = resolve_device(device)
+    gen = torch.Generator().manual_seed(0)
+    labelled = (torch.rand(labelled_batch, 3, size, size, generator=gen).to(device),
+                (size / 8 + 0.75 * size * torch.rand(labelled_batch, 17, 2, generator=gen)).to(device),
+                torch.ones(labelled_batch, 17, dtype=torch.bool, device=device))
+    unlabelled = torch.rand(unlabelled_batch, 3, size, size, generator=gen).to(device)
+    steps = {}
+    for method in ("supervised", *[m for m in methods if m != "supervised"]):
+        config = SSLConfig(method=method, labelled_batch=labelled_batch, unlabelled_batch=unlabelled_batch)
+        torch.manual_seed(0)
+        nets = [build_heatmap_net(net, input_size=size).to(device).train() for _ in range(config.num_networks)]
+        optimizer = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=config.lr)
+        step_gen = torch.Generator().manual_seed(1)
+
+        def step(nets=nets, optimizer=optimizer, config=config, step_gen=step_gen):
+            ssl_step(nets, optimizer, labelled, unlabelled, config, step_gen)
+        steps[method] = step
+    t = _interleaved_seconds(steps, max(repeats, 3), device)
+    out = {m: {"step_ms": 1000 * t[m], "ratio_vs_supervised": t[m] / t["supervised"]} for m in steps}
+    if "dual" in out and "easy_hard" in out:
+        out["dual"]["ratio_vs_easy_hard"] = t["dual"] / t["easy_hard"]
+    return out
+
+
 def run_benchmarks(device: str = "auto", repeats: int = 5) -> dict[str, Any]:
     """Run every benchmark; return a JSON-serialisable report."""
     if not isinstance(repeats, int) or repeats < 1:
@@ -269,5 +370,7 @@ def run_benchmarks(device: str = "auto", repeats: int = 5) -> dict[str, Any]:
             "ensemble_train_step": bench_ensemble_step(dev, repeats),
             "hessian_vector_product": bench_hessian_vector_product(dev, repeats),
             "seal_train_step": {**bench_seal_step(dev, repeats), "target": "<= 2x"},
+            "image_rendering": bench_rendering(dev, repeats),
+            "heatmap_train_step": {**bench_heatmap_steps(dev, repeats), "target": "dual <= 2.2x supervised"},
         },
     }

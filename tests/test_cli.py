@@ -38,7 +38,8 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     report = json.loads(capsys.readouterr().out)
     entries = report["entries"]
     assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step",
-                            "ensemble_train_step", "hessian_vector_product", "seal_train_step"}
+                            "ensemble_train_step", "hessian_vector_product", "seal_train_step", "image_rendering",
+                            "heatmap_train_step"}
     from poselab.models.lifting import LIFTERS
 
     assert set(entries["lifter_train_step"]) == set(LIFTERS)
@@ -47,6 +48,13 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     assert "hvp_ratio_vs_gradient" in entries["hessian_vector_product"]
     assert set(entries["seal_train_step"]) == {"mlp", "gcn", "target"}
     assert entries["seal_train_step"]["target"] == "<= 2x"
+    assert set(entries["image_rendering"]) == {f"{k}_{s}px" for k in ("images_per_s", "anny_share", "render_share")
+                                               for s in (64, 128)}
+    steps = entries["heatmap_train_step"]
+    assert set(steps) == {"supervised", "consistency", "easy_hard", "dual", "target"}
+    assert steps["supervised"]["ratio_vs_supervised"] == 1.0
+    assert steps["dual"]["ratio_vs_easy_hard"] == pytest.approx(steps["dual"]["step_ms"] / steps["easy_hard"]["step_ms"])
+    assert "2.2x" in steps["target"]
     notes = {name: e.pop("target") for name, e in entries.items() if "target" in e}  # strings, not timings
     assert all(isinstance(n, str) and n for n in notes.values())
     flat = [v for e in entries.values() for v in (e.values() if not isinstance(next(iter(e.values())), dict)

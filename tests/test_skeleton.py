@@ -202,3 +202,38 @@ def test_structural_metrics_work_on_cmu31_with_structure_limbs(cmu31_targets):
         bsle(pred, y, limbs=CMU31)
     with pytest.raises(ValueError, match="length 0"):
         lle(pred, y, symmetric_limbs=CMU31)
+
+
+# ------------------------------------------------------------- COCO17
+
+
+def test_coco17_names_and_tree():
+    from poselab.data.skeleton import COCO17, LAYOUTS
+
+    assert COCO17.name == "coco17" and COCO17.num_joints == 17
+    assert COCO17.joint_names[:5] == ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+    assert COCO17.joint_names[-2:] == ("left_ankle", "right_ankle")
+    assert COCO17.index("left_shoulder") == 5 and COCO17.index("right_hip") == 12
+    parent = {COCO17.joint_names[c]: COCO17.joint_names[p] for p, c in COCO17.limbs}
+    assert parent == {
+        "left_eye": "nose", "right_eye": "nose", "left_ear": "left_eye", "right_ear": "right_eye",
+        "left_shoulder": "nose", "right_shoulder": "nose", "left_elbow": "left_shoulder",
+        "right_elbow": "right_shoulder", "left_wrist": "left_elbow", "right_wrist": "right_elbow",
+        "left_hip": "left_shoulder", "right_hip": "right_shoulder", "left_knee": "left_hip",
+        "right_knee": "right_hip", "left_ankle": "left_knee", "right_ankle": "right_knee",
+    }  # fmt: skip
+    assert "coco17" not in LAYOUTS  # no lifting data in this layout (the clips have no face points)
+
+
+def test_coco17_symmetric_pairs_and_limbs():
+    from poselab.data.skeleton import COCO17
+
+    pairs = [(COCO17.joint_names[a], COCO17.joint_names[b]) for a, b in COCO17.symmetric_joints]
+    assert len(pairs) == 8
+    assert all(a.startswith("left_") and b == "right_" + a[len("left_") :] for a, b in pairs)
+    paired = {j for pair in COCO17.symmetric_joints for j in pair}
+    assert paired == set(range(1, 17))  # every joint but the nose
+    assert len(COCO17.limbs) == 16 and len(COCO17.symmetric_limbs) == 8
+    for (lp, lc), (rp, rc) in COCO17.symmetric_limbs:  # mirror limbs start at mirror joints (or both at the nose)
+        assert (lc, rc) in COCO17.symmetric_joints
+        assert lp == rp == 0 or (lp, rp) in COCO17.symmetric_joints

@@ -1,4 +1,5 @@
-"""Joint layouts: the 31-joint CMU BVH skeleton, the 17-joint Human3.6M layout, and the map between them.
+"""Joint layouts: the 31-joint CMU BVH skeleton, the 17-joint Human3.6M layout, the map between them,
+and the 17 COCO keypoints (for image-based models).
 
 A :class:`Skeleton` is only names and topology (parents, left/right pairs); bone
 lengths live with the data (see :mod:`poselab.data.mocap`).
@@ -16,6 +17,7 @@ __all__ = [
     "Skeleton",
     "CMU31",
     "H36M17",
+    "COCO17",
     "CMU_HEAD_TOP",
     "CMU_POINTS",
     "CMU_TO_H36M",
@@ -186,6 +188,27 @@ H36M17 = Skeleton(
 )
 """The 17-joint Human3.6M layout in VideoPose3D order (foot = ankle, head = top of the head)."""
 
+
+_COCO_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+
+COCO17 = Skeleton(
+    name="coco17",
+    joint_names=_COCO_NAMES,
+    # eyes <- nose, ears <- eyes, shoulders <- nose, elbows <- shoulders, wrists <- elbows,
+    # hips <- shoulders, knees <- hips, ankles <- knees
+    parents=(-1, 0, 0, 1, 2, 0, 0, 5, 6, 7, 8, 5, 6, 11, 12, 13, 14),
+    symmetric_joints=_pairs(
+        _COCO_NAMES,
+        [(f"left_{part}", f"right_{part}") for part in ("eye", "ear", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")],
+    ),
+)
+"""The 17 COCO keypoints in the standard COCO order (``left_*`` = the person's left), as a tree rooted
+at the nose. Not in :data:`LAYOUTS`: the CMU clips have no face points, so no lifting dataset is built
+in this layout; body meshes give it (:mod:`poselab.data.body`)."""
 
 CMU_HEAD_TOP = CMU31.num_joints  # 31
 """Index of the ``Head`` End Site (top of the head) in the ``(..., 32, 3)`` input of :func:`cmu_to_h36m`."""

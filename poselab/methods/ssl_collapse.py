@@ -1,0 +1,527 @@
+"""Semi-supervised 2D heatmap learning: consistency training, its collapse, and the easy-hard cure.
+
+"An Empirical Study of the Collapsing Problem in Semi-Supervised 2D Human Pose Estimation"
+(Xie, Wang, Zeng, Wang, ICCV 2021). A heatmap network ``f`` (:mod:`poselab.models.heatmap`) learns
+from labelled images (MSE to Gaussian target heatmaps) and from unlabelled images, by asking its
+predictions on two augmentations of one image to agree once mapped into a common frame.
+
+Methods (:data:`SSL_METHODS`), one training step each (:func:`ssl_step`):
+
+* ``supervised``: labelled images only, with the standard (easy) augmentation.
+* ``consistency``: the standard consistency baseline. Two augmentations ``T_1``, ``T_2`` of an
+  unlabelled image drawn from the *same* distribution; the loss pulls ``T_{1->2}(f(T_1 I))`` and
+  ``f(T_2 I)`` together, with gradients through both. Both can agree by predicting background
+  everywhere, and heatmaps are about 1000:1 background, so the response on unlabelled images
+  decays towards 0: the collapse.
+* ``easy_hard``: the prediction on an easy augmentation ``T_e`` is the target (stop-gradient) of
+  the prediction on a hard augmentation ``T_h`` of the same image, mapped with ``T_{e->h}``; never
+  the other way round. Because the easy prediction is more accurate than the hard one, the
+  teacher's foreground pixels pull the student's back up instead of both sinking to background.
+* ``dual``: two networks trained together, each the easy-image teacher of the other's hard
+  image, both also supervised on the labelled batch.
+
+Choices (our reading of the paper; the chapter discusses them):
+
+* **Joint Cutout on unlabelled images** needs joint locations, which unlabelled images lack: the
+  hard view cuts out patches around the joints its *teacher* predicts on the easy view (mapped
+  back to the original image with ``T_e^{-1}``). In ``dual`` each student gets its own hard view,
+  cut around its own teacher's predictions.
+* **Frames.** Unlabelled losses live in the student's frame: the teacher's heatmaps are warped
+  with ``T_{e->h}`` (bilinear, :func:`poselab.data.augment.warp_heatmaps`), and pixels that the
+  warp brings in from outside the teacher's view carry no target and are left out of the mean.
+* **Losses.** Supervised: squared error averaged over heatmap pixels, over visible joints and over
+  images (SimpleBaseline's JointsMSELoss without its factor 1/2). Unsupervised: squared error
+  averaged over valid pixels, joints and images. Total ``L_s + lambda L_u``.
+* **Warm start.** SSL starts from a supervised model (the paper trains the dual networks
+  "separately on labelled images from different initialisation" first); :func:`train_ssl` takes
+  the initial networks and does not build them.
+* **Two networks, one optimiser.** ``dual`` sums the two networks' losses and takes one Adam
+  step over both parameter sets. Adam's state is per parameter, so this is exactly two separate
+  Adams. The two forward passes stay separate: BatchNorm's running statistics are updated in
+  place, which ``torch.func.vmap`` over stacked weights cannot do.
+* **Response** (:func:`poselab.metrics.heatmap_response`): the mean over joints of each heatmap's
+  maximum, on unlabelled images. Logged every step on the students' training predictions and,
+  every ``log_every`` steps, on a fixed unlabelled evaluation subset in eval mode (no
+  augmentation), which is what the chapter plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from poselab import metrics as M
+from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
+from poselab.data.augment import (EASY, HARD, AugmentConfig, augment, heatmap_affine, invert_affine, relative_affine,
+                                  transform_points, warp_heatmaps, warp_valid_mask)
+from poselab.data.heatmaps import decode_heatmaps, gaussian_heatmaps, to_heatmap_pixels, to_image_pixels
+from poselab.train import History
+
+__all__ = [
+    "SSL_METHODS",
+    "SSLConfig",
+    "SSLData",
+    "joints_mse_loss",
+    "masked_mse_loss",
+    "supervised_targets",
+    "teacher_targets",
+    "unsupervised_terms",
+    "ssl_step",
+    "evaluate_heatmaps",
+    "train_ssl",
+]
+
+SSL_METHODS = ("supervised", "consistency", "easy_hard", "dual")
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Hyper-parameters of one semi-supervised run.
+
+    Attributes:
+        method: one of :data:`SSL_METHODS`.
+        iterations: optimisation steps.
+        labelled_batch, unlabelled_batch: images per step from each pool.
+        lr: Adam's learning rate; multiplied by ``lr_factor`` at each fraction of ``iterations``
+            in ``lr_milestones`` (SimpleBaseline's step schedule).
+        unsupervised_weight: ``lambda`` in ``L_s + lambda L_u`` (0 gives supervised training on
+            the same batches).
+        sigma: Gaussian target width in heatmap pixels.
+        easy: augmentation of labelled images and of the teacher's (easy) view; ``consistency``
+            draws both of its views from it.
+        hard: augmentation of the student's (hard) view in ``easy_hard`` and ``dual``.
+        log_every: steps between two history records (each with an evaluation).
+    """
+
+    method: str = "easy_hard"
+    iterations: int = 1000
+    labelled_batch: int = 32
+    unlabelled_batch: int = 32
+    lr: float = 1e-3
+    lr_milestones: tuple[float, ...] = (0.7, 0.9)
+    lr_factor: float = 0.1
+    unsupervised_weight: float = 1.0
+    sigma: float = 1.5
+    easy: AugmentConfig = EASY
+    hard: AugmentConfig = HARD
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, SSL_METHODS)
+        check_int("iterations", self.iterations, 1)
+        check_int("labelled_batch", self.labelled_batch, 1)
+        check_int("unlabelled_batch", self.unlabelled_batch, 1)
+        check_int("log_every", self.log_every, 1)
+        check_positive("lr", self.lr)
+        check_positive("lr_factor", self.lr_factor)
+        check_positive("unsupervised_weight", self.unsupervised_weight, allow_zero=True)
+        check_positive("sigma", self.sigma)
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        if any(not 0.0 < m < 1.0 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones: expected fractions of the run in (0, 1), got {self.lr_milestones}")
+        for name in ("easy", "hard"):
+            if not isinstance(getattr(self, name), AugmentConfig):
+                raise TypeError(f"{name}: expected an AugmentConfig, got {type(getattr(self, name)).__name__}")
+
+    @property
+    def num_networks(self) -> int:
+        """2 for ``dual``, else 1."""
+        return 2 if self.method == "dual" else 1
+
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate of step ``iteration`` (0-based)."""
+        drops = sum(iteration >= m * self.iterations for m in self.lr_milestones)
+        return self.lr * self.lr_factor**drops
+
+
+@dataclass
+class SSLData:
+    """The images one run learns from.
+
+    Attributes:
+        labelled: ``(N, 3, S, S)`` images, uint8 or float in [0, 1].
+        keypoints: ``(N, K, 2)`` pixels of the labelled images (pixel-centre convention).
+        visible: ``(N, K)`` bool, which keypoints are labelled.
+        unlabelled: ``(M, 3, S, S)`` images, same kind and size as ``labelled``.
+    """
+
+    labelled: torch.Tensor
+    keypoints: torch.Tensor
+    visible: torch.Tensor
+    unlabelled: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_shape("labelled", self.labelled, ("N", 3, "S", "S"))
+        n, _, s, _ = self.labelled.shape
+        check_shape("keypoints", self.keypoints, (n, None, 2))
+        check_shape("visible", self.visible, (n, self.keypoints.shape[1]))
+        check_shape("unlabelled", self.unlabelled, (None, 3, s, s))
+        if self.visible.dtype != torch.bool:
+            raise TypeError(f"visible: expected a bool tensor, got dtype {self.visible.dtype}")
+        if self.unlabelled.dtype != self.labelled.dtype:
+            raise TypeError(f"unlabelled: expected the dtype of labelled ({self.labelled.dtype}), got {self.unlabelled.dtype}")
+        if not self.keypoints.is_floating_point():
+            raise TypeError(f"keypoints: expected a float tensor, got dtype {self.keypoints.dtype}")
+        if n == 0 or self.unlabelled.shape[0] == 0:
+            raise ValueError(f"SSLData: expected at least one labelled and one unlabelled image, got {n} and "
+                             f"{self.unlabelled.shape[0]}")
+
+    @property
+    def size(self) -> int:
+        """Image side ``S`` in pixels."""
+        return int(self.labelled.shape[-1])
+
+    @property
+    def num_keypoints(self) -> int:
+        return int(self.keypoints.shape[1])
+
+
+def as_float_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B, 3, S, S)`` in [0, 255] or float in [0, 1] -> float32 in [0, 1] on ``device``."""
+    images = images.to(device)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected uint8 or float images, got dtype {images.dtype}")
+    return images.float()
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+def joints_mse_loss(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised heatmap loss: squared error averaged over pixels, visible joints and images.
+
+    Args:
+        pred, target: ``(B, K, h, w)`` heatmaps.
+        visible: ``(B, K)`` bool; invisible joints contribute nothing (default: all visible).
+
+    Returns:
+        Scalar; 0 when no joint is visible.
+    """
+    check_shape("pred", pred, ("B", "K", None, None))
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"target: expected the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}")
+    per_joint = (pred - target).pow(2).mean(dim=(-2, -1))  # (B, K)
+    if visible is None:
+        return per_joint.mean()
+    check_shape("visible", visible, tuple(pred.shape[:2]))
+    weight = visible.to(per_joint.dtype)
+    return (per_joint * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Consistency loss: squared error averaged over the ``valid`` pixels of every heatmap.
+
+    Args:
+        pred, target: ``(B, K, h, w)``.
+        valid: ``(B, 1, h, w)`` or ``(B, K, h, w)`` weights in [0, 1] (1 = the target is defined).
+    """
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"target: expected the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}")
+    valid = valid.expand_as(pred).to(pred.dtype)
+    return ((pred - target).pow(2) * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------- one step
+
+
+def supervised_targets(images: torch.Tensor, keypoints: torch.Tensor, visible: torch.Tensor, config: SSLConfig,
+                       stride: int, heatmap_size: tuple[int, int], generator: torch.Generator):
+    """Augment labelled images with ``config.easy`` and build their Gaussian targets.
+
+    Returns:
+        ``(images (B, 3, S, S), targets (B, K, h, w), visible (B, K))``; keypoints pushed out of
+        the crop by the augmentation become invisible.
+    """
+    size = images.shape[-1]
+    aug, affine = augment(images, keypoints, config.easy, generator)
+    moved = transform_points(keypoints, affine)
+    inside = ((moved > -0.5) & (moved < size - 0.5)).all(dim=-1)
+    vis = visible & inside
+    targets = gaussian_heatmaps(to_heatmap_pixels(moved, stride), heatmap_size, config.sigma, vis)
+    return aug, targets, vis
+
+
+def teacher_targets(teacher: torch.Tensor, easy_affine: torch.Tensor, hard_affine: torch.Tensor, stride: int):
+    """Map the teacher's heatmaps from the easy view into the hard view's frame.
+
+    Args:
+        teacher: ``(B, K, h, w)`` heatmaps predicted on the easy view.
+        easy_affine, hard_affine: ``(B, 2, 3)`` original-image pixels -> view pixels.
+        stride: heatmap output stride.
+
+    Returns:
+        ``(targets (B, K, h, w), valid (B, 1, h, w))``: ``valid`` is 1 where the hard-view pixel
+        comes from inside the easy view.
+    """
+    rel = relative_affine(easy_affine, hard_affine)
+    size = tuple(teacher.shape[-2:])
+    targets = warp_heatmaps(teacher, rel, stride, size)
+    valid = warp_valid_mask(heatmap_affine(rel, stride), size, size)[:, None].to(teacher.dtype)
+    return targets, valid
+
+
+def _teacher_keypoints(heatmaps: torch.Tensor, affine: torch.Tensor, stride: int) -> torch.Tensor:
+    """Keypoints predicted on a view, mapped back to the original image's pixels ``(B, K, 2)``."""
+    coords, _ = decode_heatmaps(heatmaps, method="quarter")
+    return transform_points(to_image_pixels(coords, stride), invert_affine(affine))
+
+
+def unsupervised_terms(networks: Sequence[nn.Module], unlabelled: torch.Tensor, config: SSLConfig,
+                       generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The unsupervised loss of each student network on one unlabelled batch.
+
+    Args:
+        networks: one network (two for ``dual``), in train mode.
+        unlabelled: ``(U, 3, S, S)`` float images in [0, 1].
+        config: its ``method`` is ``consistency``, ``easy_hard`` or ``dual``.
+        generator: draws the augmentations.
+
+    Returns:
+        ``(terms, heatmaps)``: one scalar loss per student (gradients reach the student only,
+        and for ``consistency`` both views), and each student's ``(U, K, h, w)`` prediction
+        (detached), whose response is logged.
+    """
+    check_choice("method", config.method, SSL_METHODS[1:])
+    stride = networks[0].output_stride
+    if config.method == "consistency":
+        # Both views from the same distribution, both with gradients.
+        u1, a1 = augment(unlabelled, None, config.easy, generator)
+        u2, a2 = augment(unlabelled, None, config.easy, generator)
+        h1, h2 = networks[0](torch.cat([u1, u2])).chunk(2)
+        target, valid = teacher_targets(h1, a1, a2, stride)
+        return [masked_mse_loss(h2, target, valid)], [h2.detach()]
+    # easy_hard: the network teaches itself; dual: network i is taught by network 1 - i.
+    teachers = networks if config.method == "easy_hard" else networks[::-1]
+    terms, heatmaps = [], []
+    for student, teacher in zip(networks, teachers):
+        u_e, a_e = augment(unlabelled, None, config.easy, generator)
+        with torch.no_grad():
+            h_e = teacher(u_e)
+        joints = _teacher_keypoints(h_e, a_e, stride)
+        u_h, a_h = augment(unlabelled, joints, config.hard, generator)
+        target, valid = teacher_targets(h_e, a_e, a_h, stride)
+        h_h = student(u_h)
+        terms.append(masked_mse_loss(h_h, target, valid))
+        heatmaps.append(h_h.detach())
+    return terms, heatmaps
+
+
+def ssl_step(networks: Sequence[nn.Module], optimizer: torch.optim.Optimizer, labelled: tuple, unlabelled: torch.Tensor,
+             config: SSLConfig, generator: torch.Generator) -> dict[str, float]:
+    """One optimisation step of ``config.method`` on one labelled and one unlabelled batch.
+
+    Every network is supervised on the same augmented labelled batch; then the unsupervised
+    terms (:func:`unsupervised_terms`) are added with weight ``config.unsupervised_weight`` and
+    one Adam step is taken over all networks.
+
+    Args:
+        networks: one network (two for ``dual``), in train mode, on the batches' device.
+        optimizer: over all their parameters.
+        labelled: ``(images (B, 3, S, S) float [0, 1], keypoints (B, K, 2) px, visible (B, K))``.
+        unlabelled: ``(U, 3, S, S)`` float images (unused by ``supervised``).
+        config: the run's :class:`SSLConfig`.
+        generator: draws every augmentation (CPU generator; tensors are moved to the images' device).
+
+    Returns:
+        ``{"loss", "loss_sup", "loss_unsup", "response"}`` as floats, summed over networks;
+        ``response`` is the students' mean heatmap response on the unlabelled batch (NaN for
+        ``supervised``).
+    """
+    if len(networks) != config.num_networks:
+        raise ValueError(f"networks: method {config.method!r} trains {config.num_networks} network(s), "
+                         f"got {len(networks)}")
+    images, keypoints, visible = labelled
+    stride = networks[0].output_stride
+    size = images.shape[-1]
+    x_l, y_l, vis_l = supervised_targets(images, keypoints, visible, config, stride,
+                                         (size // stride, size // stride), generator)
+    loss_sup = sum(joints_mse_loss(net(x_l), y_l, vis_l) for net in networks)
+    if config.method == "supervised":
+        loss_unsup, heatmaps = torch.zeros_like(loss_sup), []
+    else:
+        terms, heatmaps = unsupervised_terms(networks, unlabelled, config, generator)
+        loss_unsup = sum(terms)
+    loss = loss_sup + config.unsupervised_weight * loss_unsup
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    response = float(torch.stack([M.heatmap_response(h) for h in heatmaps]).mean()) if heatmaps else math.nan
+    return {"loss": float(loss.detach()), "loss_sup": float(loss_sup.detach()), "loss_unsup": float(loss_unsup.detach()),
+            "response": response}
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate_heatmaps(network: nn.Module, images: torch.Tensor, keypoints: torch.Tensor | None = None,
+                      visible: torch.Tensor | None = None, batch_size: int = 256,
+                      alphas: Sequence[float] = (0.05, 0.1)) -> dict[str, float]:
+    """Response and (with keypoints) 2D PCK of ``network`` on un-augmented images, in eval mode.
+
+    Args:
+        images: ``(N, 3, S, S)`` uint8 or float [0, 1] (moved to the network's device batch by batch).
+        keypoints, visible: ``(N, K, 2)`` pixels and ``(N, K)`` bool; optional.
+        alphas: PCK thresholds as fractions of the crop size ``S``.
+
+    Returns:
+        ``{"response": ...}`` plus ``{"pck@0.05": ..., "pck@0.1": ...}`` when keypoints are given.
+        The network's train/eval mode is restored.
+    """
+    check_shape("images", images, ("N", 3, "S", "S"))
+    check_int("batch_size", batch_size, 1)
+    if (keypoints is None) != (visible is None):
+        raise ValueError("keypoints and visible: give both or neither")
+    device = next(network.parameters()).device
+    was_training = network.training
+    network.eval()
+    try:
+        peaks, coords = [], []
+        for start in range(0, images.shape[0], batch_size):
+            heatmaps = network(as_float_images(images[start:start + batch_size], device))
+            peaks.append(M.heatmap_response(heatmaps, reduction="none"))
+            if keypoints is not None:
+                xy, _ = decode_heatmaps(heatmaps, method="quarter")
+                coords.append(to_image_pixels(xy, network.output_stride))
+    finally:
+        network.train(was_training)
+    result = {"response": float(torch.cat(peaks).mean())}
+    if keypoints is not None:
+        pred = torch.cat(coords).cpu()
+        size = float(images.shape[-1])
+        for alpha in alphas:
+            result[f"pck@{alpha:g}"] = float(M.pck2d(pred, keypoints.cpu().float(), alpha, size, visible.cpu()))
+    return result
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _fingerprint(config: SSLConfig, data: SSLData, networks: Sequence[nn.Module], seed: int) -> dict:
+    shapes = [[list(p.shape) for p in net.parameters()] for net in networks]
+    return {"config": repr(asdict(config)), "labelled": list(data.labelled.shape), "unlabelled": list(data.unlabelled.shape),
+            "checksum": float(data.keypoints.double().sum()), "shapes": shapes, "seed": seed}
+
+
+def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *,
+              eval_sets: Mapping[str, tuple] | None = None, device: str | torch.device = "auto", seed: int = 0,
+              checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> tuple[list[nn.Module], History]:
+    """Train copies of ``networks`` with ``config.method`` and return them with their History.
+
+    Args:
+        networks: the initial network(s) (usually supervised, warm-started); not modified.
+            ``dual`` takes two, the other methods one.
+        data: labelled and unlabelled images (:class:`SSLData`), kept on the CPU; each step's
+            batches are moved to ``device``.
+        config: :class:`SSLConfig`.
+        eval_sets: ``{name: (images,)}`` or ``{name: (images, keypoints, visible)}``, evaluated
+            with :func:`evaluate_heatmaps` every ``log_every`` steps (and at step 0) for every
+            network; records get ``"{name}/{metric}"`` (first network) and ``"net2/{name}/{metric}"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        seed: seeds the step's batch sampling and augmentations (one CPU generator).
+        checkpoint_path: if given, the run is saved there at every record and a rerun with the
+            same configuration resumes from it (or returns at once if it had finished).
+        progress: a ``tqdm`` bar over steps.
+
+    Returns:
+        ``(networks, history)``: trained copies in eval mode, and one record per ``log_every``
+        steps with ``iteration``, ``lr``, ``loss``, ``loss_sup``, ``loss_unsup``, ``response``
+        (means over the steps since the previous record) and the evaluations.
+    """
+    if not isinstance(data, SSLData):
+        raise TypeError(f"data: expected an SSLData, got {type(data).__name__}")
+    if not isinstance(config, SSLConfig):
+        raise TypeError(f"config: expected an SSLConfig, got {type(config).__name__}")
+    networks = list(networks)
+    if len(networks) != config.num_networks or not all(isinstance(n, nn.Module) for n in networks):
+        raise ValueError(f"networks: method {config.method!r} trains {config.num_networks} nn.Module(s), "
+                         f"got {len(networks)} object(s)")
+    eval_sets = dict(eval_sets or {})
+    for name, items in eval_sets.items():
+        if not isinstance(items, tuple) or len(items) not in (1, 3):
+            raise ValueError(f"eval_sets[{name!r}]: expected (images,) or (images, keypoints, visible)")
+    dev = resolve_device(device)
+    nets = [copy.deepcopy(n).to(dev).train() for n in networks]
+    params = [p for n in nets for p in n.parameters()]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    start = 0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    fingerprint = _fingerprint(config, data, nets, seed)
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location=dev, weights_only=False)
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(f"checkpoint {path}: it was written by a different run (configuration, data, networks "
+                             f"or seed); delete it or pass another checkpoint_path")
+        for net, state in zip(nets, saved["networks"]):
+            net.load_state_dict(state)
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        history = History.from_dict(saved["history"])
+        start = int(saved["iteration"])
+
+    def evaluate_all(record: dict) -> None:
+        for name, items in eval_sets.items():
+            for i, net in enumerate(nets):
+                prefix = f"{name}/" if i == 0 else f"net2/{name}/"
+                for key, value in evaluate_heatmaps(net, *items).items():
+                    record[prefix + key] = value
+
+    def save(iteration: int) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save({"fingerprint": fingerprint, "networks": [n.state_dict() for n in nets],
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                    "history": history.to_dict(), "iteration": iteration}, tmp)
+        os.replace(tmp, path)
+
+    if start == 0 and not history.records:
+        record = {"iteration": 0, "lr": config.lr_at(0)}
+        evaluate_all(record)
+        history.records.append(record)
+    bar = None
+    if progress and start < config.iterations:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.iterations, initial=start, desc=config.method, unit="step")
+    window: list[dict] = []
+    n_lab, n_unl = data.labelled.shape[0], data.unlabelled.shape[0]
+    for it in range(start, config.iterations):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(it)
+        li = torch.randint(n_lab, (config.labelled_batch,), generator=generator)
+        ui = torch.randint(n_unl, (config.unlabelled_batch,), generator=generator)
+        labelled = (as_float_images(data.labelled[li], dev), data.keypoints[li].to(dev), data.visible[li].to(dev))
+        unlabelled = as_float_images(data.unlabelled[ui], dev)
+        window.append(ssl_step(nets, optimizer, labelled, unlabelled, config, generator))
+        done = it + 1
+        if done % config.log_every == 0 or done == config.iterations:
+            record = {"iteration": done, "lr": config.lr_at(it)}
+            for key in window[0]:
+                record[key] = float(sum(w[key] for w in window) / len(window))
+            window = []
+            evaluate_all(record)
+            history.records.append(record)
+            save(done)
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.3g}", response=f"{record['response']:.3g}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    for net in nets:
+        net.eval()
+    return nets, history

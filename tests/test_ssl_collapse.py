@@ -1,0 +1,309 @@
+"""Tests for poselab.methods.ssl_collapse: losses, the easy-hard and dual steps, training and evaluation."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from poselab.checks import seed_everything
+from poselab.data.augment import EASY, NONE, make_affine, transform_points
+from poselab.data.heatmaps import gaussian_heatmaps, to_heatmap_pixels
+from poselab.methods.ssl_collapse import (
+    SSL_METHODS,
+    SSLConfig,
+    SSLData,
+    evaluate_heatmaps,
+    joints_mse_loss,
+    masked_mse_loss,
+    ssl_step,
+    supervised_targets,
+    teacher_targets,
+    train_ssl,
+    unsupervised_terms,
+)
+from poselab.models.heatmap import build_heatmap_net
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+SIZE, K = 32, 3
+
+
+def net(seed=0):
+    seed_everything(seed)
+    return build_heatmap_net("resnet_tiny", num_keypoints=K, input_size=SIZE)
+
+
+def tiny_data(n_lab=6, n_unl=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labelled = (torch.rand(n_lab, 3, SIZE, SIZE, generator=g) * 255).to(torch.uint8)
+    unlabelled = (torch.rand(n_unl, 3, SIZE, SIZE, generator=g) * 255).to(torch.uint8)
+    keypoints = 6 + 20 * torch.rand(n_lab, K, 2, generator=g)
+    visible = torch.ones(n_lab, K, dtype=torch.bool)
+    visible[0, 1] = False
+    return SSLData(labelled, keypoints, visible, unlabelled)
+
+
+def config(method, **kw):
+    base = dict(method=method, iterations=4, labelled_batch=4, unlabelled_batch=4, log_every=2)
+    base.update(kw)
+    return SSLConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def test_joints_mse_loss_known_answer():
+    pred = torch.zeros(1, 2, 2, 2)
+    target = torch.zeros(1, 2, 2, 2)
+    target[0, 0, 0, 0] = 1.0  # joint 0: one pixel off by 1 -> mean 1/4
+    target[0, 1] = 2.0  # joint 1: every pixel off by 2 -> mean 4
+    assert joints_mse_loss(pred, target).item() == pytest.approx((0.25 + 4.0) / 2)
+    visible = torch.tensor([[True, False]])
+    assert joints_mse_loss(pred, target, visible).item() == pytest.approx(0.25)
+    assert joints_mse_loss(pred, target, torch.zeros(1, 2, dtype=torch.bool)).item() == 0.0
+
+
+def test_masked_mse_loss_ignores_invalid_pixels():
+    pred = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
+    valid = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    assert masked_mse_loss(pred, target, valid).item() == pytest.approx(1.0 / 3.0)
+    # The collapsed solution (everything background) satisfies consistency exactly.
+    assert masked_mse_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 4, 4)).item() == 0.0
+
+
+def test_loss_bad_inputs():
+    with pytest.raises(ValueError, match="target"):
+        joints_mse_loss(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 3))
+    with pytest.raises(ValueError, match="visible"):
+        joints_mse_loss(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="target"):
+        masked_mse_loss(torch.zeros(1, 2, 4, 4), torch.zeros(2, 2, 4, 4), torch.ones(1, 1, 4, 4))
+
+
+# ------------------------------------------------------------------------------------- targets
+
+
+def test_teacher_targets_identity_is_exact():
+    heatmaps = torch.rand(2, K, 8, 8)
+    eye = make_affine(torch.zeros(2), torch.ones(2), torch.zeros(2, 2), (SIZE, SIZE))
+    target, valid = teacher_targets(heatmaps, eye, eye, stride=4)
+    torch.testing.assert_close(target, heatmaps)
+    assert valid.shape == (2, 1, 8, 8) and bool((valid == 1).all())
+
+
+def test_teacher_targets_move_peaks_with_the_relative_affine():
+    stride, hm = 2, SIZE // 2
+    points = torch.tensor([[[12.0, 10.0], [20.0, 16.0], [9.0, 22.0]]])  # image pixels, original frame
+    a_easy = make_affine(torch.tensor([20.0]), torch.tensor([1.1]), torch.tensor([[1.0, -2.0]]), (SIZE, SIZE))
+    a_hard = make_affine(torch.tensor([-35.0]), torch.tensor([0.9]), torch.tensor([[-2.0, 1.5]]), (SIZE, SIZE))
+    easy = gaussian_heatmaps(to_heatmap_pixels(transform_points(points, a_easy), stride), (hm, hm), 1.5)
+    target, valid = teacher_targets(easy, a_easy, a_hard, stride)
+    expected = to_heatmap_pixels(transform_points(points, a_hard), stride)
+    flat = target.flatten(2).argmax(-1)
+    peak = torch.stack([flat % hm, flat // hm], -1).float()
+    assert (peak - expected).abs().max() <= 0.75  # the integer peak of a sub-pixel blob
+    assert 0 < valid.mean() < 1  # rotated views: the corners come from outside the easy view
+
+
+def test_supervised_targets_mark_keypoints_pushed_out_invisible():
+    images = torch.rand(2, 3, SIZE, SIZE)
+    keypoints = torch.tensor([[[16.0, 16.0], [-30.0, 5.0], [10.0, 10.0]]]).expand(2, -1, -1).clone()
+    visible = torch.ones(2, K, dtype=torch.bool)
+    cfg = SSLConfig(easy=NONE)
+    g = torch.Generator().manual_seed(0)
+    aug, targets, vis = supervised_targets(images, keypoints, visible, cfg, 2, (16, 16), g)
+    torch.testing.assert_close(aug, images)  # NONE: identity warp
+    assert vis.tolist() == [[True, False, True]] * 2
+    assert targets[:, 1].abs().max() == 0 and targets[:, 0].max() > 0.9
+
+
+# ---------------------------------------------------------------------------------- the steps
+
+
+@pytest.mark.parametrize("method", SSL_METHODS)
+def test_ssl_step_runs_and_moves_every_network(method):
+    data = tiny_data()
+    cfg = config(method)
+    nets = [net(0), net(1)][: cfg.num_networks]
+    for n in nets:
+        n.train()
+    before = [copy.deepcopy(n.state_dict()) for n in nets]
+    opt = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=1e-3)
+    labelled = (data.labelled[:4].float() / 255, data.keypoints[:4], data.visible[:4])
+    out = ssl_step(nets, opt, labelled, data.unlabelled[:4].float() / 255, cfg, torch.Generator().manual_seed(0))
+    assert set(out) == {"loss", "loss_sup", "loss_unsup", "response"}
+    assert math.isfinite(out["loss"]) and out["loss_sup"] > 0
+    if method == "supervised":
+        assert out["loss_unsup"] == 0 and math.isnan(out["response"])
+    else:
+        assert out["loss_unsup"] > 0 and 0 <= out["response"]
+    for n, state in zip(nets, before):
+        assert any(not torch.equal(v, n.state_dict()[k]) for k, v in state.items() if v.is_floating_point())
+
+
+def _grads(module):
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+
+
+def test_easy_hard_teacher_is_a_stop_gradient():
+    """easy_hard's gradient equals that of the same loss with a frozen copy of the network as teacher."""
+    unlabelled = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    student = net(0).train()
+    frozen = copy.deepcopy(student)
+    terms, _ = unsupervised_terms([student], unlabelled, config("easy_hard"), torch.Generator().manual_seed(5))
+    terms[0].backward()
+    reference = copy.deepcopy(frozen)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    # A "dual" pair whose first student is taught by the frozen copy draws the same augmentations first.
+    dual_terms, _ = unsupervised_terms([reference, frozen], unlabelled, config("dual"), torch.Generator().manual_seed(5))
+    dual_terms[0].backward()
+    for a, b in zip(_grads(student), _grads(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dual_terms_reach_only_their_student():
+    unlabelled = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    a, b = net(0).train(), net(1).train()
+    terms, heatmaps = unsupervised_terms([a, b], unlabelled, config("dual"), torch.Generator().manual_seed(0))
+    assert len(terms) == 2 and heatmaps[0].shape == (4, K, SIZE // 2, SIZE // 2)
+    terms[0].backward()
+    assert all(p.grad is None for p in b.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in a.parameters())
+
+
+def test_consistency_gradient_flows_through_both_views():
+    """Standard consistency pulls both views: its gradient differs from a detached-target version."""
+    unlabelled = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    model = net(0).train()
+    terms, _ = unsupervised_terms([model], unlabelled, config("consistency"), torch.Generator().manual_seed(1))
+    terms[0].backward()
+    both = _grads(model)
+    model.zero_grad(set_to_none=True)
+    # Same augmentations, target detached: only the second view is pulled.
+    from poselab.data.augment import augment
+
+    g = torch.Generator().manual_seed(1)
+    u1, a1 = augment(unlabelled, None, EASY, g)
+    u2, a2 = augment(unlabelled, None, EASY, g)
+    h1, h2 = model(torch.cat([u1, u2])).chunk(2)
+    target, valid = teacher_targets(h1.detach(), a1, a2, model.output_stride)
+    masked_mse_loss(h2, target, valid).backward()
+    one = _grads(model)
+    assert terms[0].item() == pytest.approx(masked_mse_loss(h2, target, valid).item(), rel=1e-5)
+    assert sum((x - y).abs().sum() for x, y in zip(both, one)) > 1e-3 * sum(x.abs().sum() for x in one)
+
+
+def test_ssl_step_bad_inputs():
+    data = tiny_data()
+    opt = torch.optim.Adam(net().parameters())
+    labelled = (data.labelled[:2].float() / 255, data.keypoints[:2], data.visible[:2])
+    with pytest.raises(ValueError, match="2 network"):
+        ssl_step([net()], opt, labelled, data.unlabelled[:2].float() / 255, config("dual"), torch.Generator())
+    with pytest.raises(ValueError, match="method"):
+        unsupervised_terms([net()], data.unlabelled[:2].float() / 255, config("supervised"), torch.Generator())
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+class _Oracle(nn.Module):
+    """Returns fixed heatmaps (the targets of the images it is shown, in order)."""
+
+    output_stride = 2
+
+    def __init__(self, heatmaps):
+        super().__init__()
+        self.heatmaps = heatmaps
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.heatmaps[self.calls: self.calls + x.shape[0]]
+        self.calls += x.shape[0]
+        return out + 0 * self.weight
+
+
+def test_evaluate_heatmaps_known_answers():
+    keypoints = torch.tensor([[[4.0, 6.0], [20.0, 12.0], [9.0, 27.0]]]).repeat(3, 1, 1)
+    visible = torch.ones(3, K, dtype=torch.bool)
+    heatmaps = gaussian_heatmaps(to_heatmap_pixels(keypoints, 2), (16, 16), 1.5)
+    images = torch.zeros(3, 3, SIZE, SIZE)
+    oracle = _Oracle(heatmaps).train()
+    result = evaluate_heatmaps(oracle, images, keypoints, visible, batch_size=2)
+    assert result["pck@0.05"] == 1.0 and result["pck@0.1"] == 1.0
+    peak = heatmaps.amax(dim=(-2, -1)).mean().item()  # below 1: the keypoints fall between pixel centres
+    assert result["response"] == pytest.approx(peak, rel=1e-6)
+    assert oracle.training  # mode restored
+    assert set(evaluate_heatmaps(_Oracle(heatmaps * 0.5), images)) == {"response"}
+    assert evaluate_heatmaps(_Oracle(heatmaps * 0.5), images)["response"] == pytest.approx(0.5 * peak, rel=1e-6)
+    with pytest.raises(ValueError, match="both or neither"):
+        evaluate_heatmaps(oracle, images, keypoints)
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def test_train_ssl_records_and_is_reproducible(tmp_path):
+    data = tiny_data()
+    evals = {"test": (data.labelled, data.keypoints, data.visible), "unlabelled": (data.unlabelled,)}
+    start = net(0)
+    nets, history = train_ssl([start], data, config("easy_hard"), eval_sets=evals, device="cpu", seed=3,
+                              progress=False)
+    assert [r["iteration"] for r in history.records] == [0, 2, 4]
+    assert {"loss", "loss_sup", "loss_unsup", "response", "lr", "test/pck@0.05", "test/response",
+            "unlabelled/response"} <= set(history.records[-1])
+    assert not nets[0].training
+    # The initial network is not modified.
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), net(0).state_dict().values()))
+    nets2, history2 = train_ssl([net(0)], data, config("easy_hard"), eval_sets=evals, device="cpu", seed=3,
+                                progress=False)
+    assert history2.records == history.records
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets2[0].state_dict().values()))
+
+
+def test_train_ssl_checkpoint(tmp_path):
+    data = tiny_data()
+    path = tmp_path / "run.pt"
+    nets, history = train_ssl([net(0), net(1)], data, config("dual"), checkpoint_path=path, progress=False)
+    assert path.exists() and "net2/test/response" not in history.records[-1]
+    again, history2 = train_ssl([net(0), net(1)], data, config("dual"), checkpoint_path=path, progress=False)
+    assert history2.records == history.records
+    assert all(torch.equal(a, b) for a, b in zip(nets[1].state_dict().values(), again[1].state_dict().values()))
+    with pytest.raises(ValueError, match="different run"):
+        train_ssl([net(0), net(1)], data, config("dual", lr=3e-4), checkpoint_path=path, progress=False)
+
+
+def test_lr_schedule():
+    cfg = SSLConfig(iterations=100, lr=1e-3, lr_milestones=(0.5, 0.9))
+    assert cfg.lr_at(0) == 1e-3 and cfg.lr_at(50) == pytest.approx(1e-4) and cfg.lr_at(95) == pytest.approx(1e-5)
+
+
+def test_bad_configs_and_data():
+    with pytest.raises(ValueError, match="method"):
+        SSLConfig(method="mean_teacher")
+    with pytest.raises(ValueError, match="lr_milestones"):
+        SSLConfig(lr_milestones=(1.5,))
+    with pytest.raises(TypeError, match="easy"):
+        SSLConfig(easy="easy")
+    d = tiny_data()
+    with pytest.raises(ValueError, match="keypoints"):
+        SSLData(d.labelled, d.keypoints[:2], d.visible, d.unlabelled)
+    with pytest.raises(TypeError, match="visible"):
+        SSLData(d.labelled, d.keypoints, d.visible.float(), d.unlabelled)
+    with pytest.raises(ValueError, match="unlabelled"):
+        SSLData(d.labelled, d.keypoints, d.visible, d.unlabelled[:, :, :16])
+    with pytest.raises(ValueError, match="nn.Module"):
+        train_ssl([net()], d, config("dual"), progress=False)
+    with pytest.raises(TypeError, match="SSLData"):
+        train_ssl([net()], (d.labelled,), config("supervised"), progress=False)
+
+
+@CUDA
+def test_step_on_cuda():
+    data = tiny_data()
+    nets, history = train_ssl([net(0)], data, config("easy_hard"), device="cuda", progress=False,
+                              eval_sets={"u": (data.unlabelled,)})
+    assert next(nets[0].parameters()).is_cuda and math.isfinite(history.records[-1]["loss"])
