@@ -1,4 +1,5 @@
-"""Plotly figures for the book: skeletons in 3D (with a frame slider), camera rigs, 2D views.
+"""Plotly figures for the book: skeletons in 3D (with a frame slider), camera rigs, 2D views,
+images with keypoints or heatmaps drawn over them.
 
 Figures are plain ``plotly.graph_objects.Figure`` objects, so they render in Jupyter, on
 Colab and, with plotly.js embedded, in the offline HTML book. World points use the mocap
@@ -13,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from poselab.checks import check_shape
+from poselab.checks import check_positive, check_shape
 
 SIDE_COLOURS = {"left": "#1f77b4", "right": "#d62728", "centre": "#444444"}
 
@@ -468,4 +469,304 @@ def curves_grid_figure(x, panels: dict[str, dict[str, Sequence[float]]], xlabel:
         fig.update_xaxes(title=xlabel, row=i // cols + 1, col=i % cols + 1)
     fig.update_yaxes(title=ylabel, col=1)
     fig.update_layout(title=title, height=340 * rows, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+# ------------------------------------------------------------------------ images
+
+
+IMAGE_KEYPOINT_COLOURS = ("#2ca02c", "#ff7f0e", "#1f77b4", "#d62728", "#9467bd", "#e377c2", "#17becf", "#bcbd22")
+"""Colours of the keypoint sets of :func:`image_grid_figure`, one per label in dict order (the
+first, usually the ground truth, is green); they repeat after eight sets."""
+
+SIDE_SYMBOLS = {"left": "circle", "right": "square", "centre": "diamond"}
+"""Marker symbol of a joint in :func:`image_grid_figure` by body side (:func:`_side`); a joint
+that is not visible gets the hollow variant (``"circle-open"``, ...)."""
+
+HEATMAP_COLOURSCALE = [[0.0, "rgba(48,18,59,0)"], [0.05, "rgba(48,18,59,0)"], [0.15, "rgb(70,134,251)"],
+                       [0.35, "rgb(26,228,182)"], [0.55, "rgb(164,252,60)"], [0.75, "rgb(250,186,57)"],
+                       [1.0, "rgb(190,30,10)"]]
+"""Colour scale of :func:`heatmap_overlay_figure` on ``[0, 1]``: transparent up to 0.05 (the image
+shows through where the heatmap is near zero), then fading in, blue to red (turbo-like)."""
+
+_IMAGE_GAP = 6  # pixels between image subplots
+_TITLE_SPACE = 20  # pixels above a subplot for its title
+
+
+def _check_images(images) -> np.ndarray:
+    """``(N, 3, H, W)`` uint8, or floats in ``[0, 1]`` (torch or NumPy) -> ``(N, H, W, 3)`` uint8."""
+    arr = _np(images)
+    check_shape("images", arr, ("N", 3, None, None))
+    if arr.shape[0] == 0 or arr.shape[2] == 0 or arr.shape[3] == 0:
+        raise ValueError(f"images: expected at least one non-empty image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"images: expected float values in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
+        out = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        raise TypeError(f"images: expected uint8 or floats in [0, 1], got dtype {arr.dtype}")
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def _check_titles(titles, n: int) -> list[str] | None:
+    if titles is None:
+        return None
+    if isinstance(titles, str) or len(titles) != n:
+        got = "a string" if isinstance(titles, str) else f"{len(titles)} titles"
+        raise ValueError(f"titles: expected one title per image ({n}), got {got}")
+    return [str(t) for t in titles]
+
+
+def _image_grid(n: int, height: int, width: int, cols: int, scale: float, titles: list[str] | None,
+                title: str, extra_right: int = 0, extra_bottom: int = 0) -> go.Figure:
+    """Empty subplots for ``n`` images of ``height x width`` pixels shown at ``scale`` screen pixels
+    per image pixel, with fixed pixel gaps, square pixels and hidden axes (y down)."""
+    if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
+        raise ValueError(f"cols: expected an int >= 1, got {cols!r}")
+    check_positive("scale", scale)
+    cols = min(cols, n)
+    rows = int(np.ceil(n / cols))
+    cell_w, cell_h = width * scale, height * scale
+    vgap = _IMAGE_GAP + (_TITLE_SPACE if titles else 0)
+    plot_w = cols * cell_w + (cols - 1) * _IMAGE_GAP
+    plot_h = rows * cell_h + (rows - 1) * vgap
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
+                        horizontal_spacing=_IMAGE_GAP / plot_w if cols > 1 else 0.0,
+                        vertical_spacing=vgap / plot_h if rows > 1 else 0.0)
+    for i in range(rows * cols):
+        r, c = i // cols + 1, i % cols + 1
+        x_ref = f"x{i + 1 if i else ''}"
+        fig.update_xaxes(range=[-0.5, width - 0.5], visible=False, constrain="domain", row=r, col=c)
+        fig.update_yaxes(range=[height - 0.5, -0.5], visible=False, constrain="domain", scaleanchor=x_ref,
+                         scaleratio=1, row=r, col=c)
+    if titles:
+        fig.update_annotations(font_size=11)
+    top = (40 if title else 8) + (_TITLE_SPACE if titles else 0)
+    margin = dict(l=8, r=8 + extra_right, t=top, b=8 + extra_bottom)
+    fig.update_layout(title=title, width=int(round(plot_w + margin["l"] + margin["r"])),
+                      height=int(round(plot_h + margin["t"] + margin["b"])), margin=margin,
+                      plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def _add_image(fig: go.Figure, img: np.ndarray, row: int, col: int) -> None:
+    """One ``(H, W, 3)`` uint8 image as a ``go.Image`` whose pixel ``(u, v)`` is centred at ``x = u, y = v``
+    (plotly puts the left edge at ``x0 - dx / 2``)."""
+    fig.add_trace(go.Image(z=img, x0=0, y0=0, dx=1, dy=1, hovertemplate="(%{x}, %{y}): %{z}<extra></extra>"),
+                  row, col)
+
+
+def _check_keypoints(keypoints, n: int, skeleton) -> dict[str, np.ndarray]:
+    if not isinstance(keypoints, dict) or not keypoints:
+        got = "an empty dict" if isinstance(keypoints, dict) else type(keypoints).__name__
+        raise ValueError(f"keypoints: expected a non-empty dict {{label: (N, K, 2) pixels}}, got {got}")
+    arrays: dict[str, np.ndarray] = {}
+    k = skeleton.num_joints if skeleton is not None else None
+    for label, value in keypoints.items():
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"keypoints: labels must be non-empty strings, got {label!r}")
+        arr = _np(value).astype(np.float64)
+        check_shape(f"keypoints[{label!r}]", arr, (n, k, 2))
+        k = arr.shape[1]
+        arrays[label] = arr
+    return arrays
+
+
+def _check_visible(visible, labels: Sequence[str], n: int, k: int) -> dict[str, np.ndarray]:
+    """``visible`` as ``{label: (N, K) bool}`` (every label; all visible where not given)."""
+    out = {label: np.ones((n, k), dtype=bool) for label in labels}
+    if visible is None:
+        return out
+    given = visible if isinstance(visible, dict) else {label: visible for label in labels}
+    for label, value in given.items():
+        if label not in out:
+            raise ValueError(f"visible: unknown label {label!r}; expected one of {', '.join(map(repr, labels))}")
+        arr = _np(value)
+        check_shape(f"visible[{label!r}]" if isinstance(visible, dict) else "visible", arr, (n, k))
+        out[label] = arr.astype(bool)
+    return out
+
+
+def _keypoint_colours(colours, labels: Sequence[str]) -> dict[str, str]:
+    if colours is None:
+        return {label: IMAGE_KEYPOINT_COLOURS[i % len(IMAGE_KEYPOINT_COLOURS)] for i, label in enumerate(labels)}
+    if isinstance(colours, dict):
+        missing = [label for label in labels if label not in colours]
+        if missing:
+            raise ValueError(f"colours: expected a colour for every label, missing {missing}")
+        return {label: colours[label] for label in labels}
+    if isinstance(colours, str) or len(colours) != len(labels):
+        got = "a string" if isinstance(colours, str) else f"{len(colours)} colours"
+        raise ValueError(f"colours: expected one colour per label ({len(labels)}), got {got}")
+    return dict(zip(labels, colours))
+
+
+def _keypoint_traces(points: np.ndarray, visible: np.ndarray, skeleton, label: str, colour: str,
+                     showlegend: bool) -> list[go.Scatter]:
+    """Limbs (both ends visible, NaN-separated) and joints of one keypoint set ``(K, 2)`` in one image."""
+    traces = []
+    k = len(points)
+    if skeleton is not None:
+        limbs = np.array([(p, c) for p, c in skeleton.limbs if visible[p] and visible[c]], dtype=int).reshape(-1, 2)
+        seg = np.stack([points[limbs[:, 0]], points[limbs[:, 1]], np.full((len(limbs), 2), np.nan)], axis=1)
+        seg = seg.reshape(-1, 2)
+        traces.append(go.Scatter(x=seg[:, 0], y=seg[:, 1], mode="lines", line=dict(color=colour, width=2),
+                                 name=label, legendgroup=label, showlegend=False, hoverinfo="skip",
+                                 connectgaps=False))
+        sides = [_side(skeleton, j) for j in range(k)]
+        names = skeleton.joint_names
+    else:
+        sides, names = ["centre"] * k, [f"keypoint {j}" for j in range(k)]
+    symbols = [SIDE_SYMBOLS[s] + ("" if v else "-open") for s, v in zip(sides, visible)]
+    text = [f"{label}: {name}" + ("" if v else " (not visible)") for name, v in zip(names, visible)]
+    traces.append(go.Scatter(x=points[:, 0], y=points[:, 1], mode="markers", name=label, legendgroup=label,
+                             showlegend=showlegend, text=text,
+                             hovertemplate="%{text}<br>(%{x:.1f}, %{y:.1f})<extra></extra>",
+                             marker=dict(color=colour, size=6, symbol=symbols, line=dict(color=colour, width=1.5))))
+    return traces
+
+
+def image_grid_figure(images, keypoints: dict | None = None, skeleton=None, titles: Sequence[str] | None = None,
+                      cols: int = 6, visible=None, colours=None, title: str = "", scale: float = 2) -> go.Figure:
+    """Images in a grid, optionally with one or more sets of 2D keypoints drawn over them.
+
+    Pixel coordinates follow the project convention (:mod:`poselab.data.heatmaps`): ``(u, v)`` =
+    (column, row), pixel ``(0, 0)`` is the *centre* of the top-left pixel, y points down. Each
+    image is a ``go.Image`` whose pixel ``(u, v)`` is centred at ``x = u, y = v``, so a keypoint
+    is drawn exactly where it lies in the image. Each subplot shows ``[-0.5, W - 0.5]`` by
+    ``[-0.5, H - 0.5]`` with square pixels and no axes; points outside are clipped. A static
+    figure (plain plotly): it works in the rendered book without a kernel.
+
+    Keypoints: one colour per label (:data:`IMAGE_KEYPOINT_COLOURS`, legend once per label; a
+    legend click hides that set in every image), the joint's body side as marker symbol
+    (:data:`SIDE_SYMBOLS`: left circle, right square, centre diamond) and, with a skeleton, the
+    limbs (``skeleton.limbs``, from ``skeleton.parents``) as lines. A joint that is not visible
+    is drawn hollow and its limbs are left out. Per image and label the traces are: the limbs
+    (only with a skeleton), then the joints.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8, or floats in ``[0, 1]``; torch or NumPy.
+        keypoints: ``None``, or ``{label: (N, K, 2)}`` pixels, e.g.
+            ``{"ground truth": kp, "prediction": pred}``.
+        skeleton: a :class:`~poselab.data.skeleton.Skeleton` with ``K`` joints (e.g.
+            :data:`~poselab.data.skeleton.COCO17`) for the limbs and sides; ``None`` draws the
+            keypoints alone.
+        titles: ``N`` subplot titles (e.g. ``"sample 3: PCK 0.82"``); ``None`` for none.
+        cols: images per row (at most ``N``).
+        visible: ``None`` (all visible), an ``(N, K)`` bool array applied to every label, or
+            ``{label: (N, K)}`` for some labels only.
+        colours: ``None`` (:data:`IMAGE_KEYPOINT_COLOURS`), one colour per label in dict order,
+            or ``{label: colour}``.
+        title: the figure title.
+        scale: screen pixels per image pixel (the figure size follows ``cols``, the number of
+            rows and the image size; images are small, 32 to 128 pixels).
+
+    Returns:
+        A ``go.Figure``: ``N`` image traces (one per subplot, first), then the keypoint traces.
+    """
+    pixels = _check_images(images)
+    n, height, width = pixels.shape[:3]
+    titles = _check_titles(titles, n)
+    arrays = _check_keypoints(keypoints, n, skeleton) if keypoints is not None else {}
+    if keypoints is None and visible is not None:
+        raise ValueError("visible: given without keypoints")
+    k = next(iter(arrays.values())).shape[1] if arrays else 0
+    shown = _check_visible(visible, list(arrays), n, k)
+    palette = _keypoint_colours(colours, list(arrays))
+    fig = _image_grid(n, height, width, cols, scale, titles, title, extra_bottom=28 if arrays else 0)
+    cols = min(cols, n)
+    for i in range(n):
+        _add_image(fig, pixels[i], i // cols + 1, i % cols + 1)
+    for label, points in arrays.items():
+        for i in range(n):
+            for tr in _keypoint_traces(points[i], shown[label][i], skeleton, label, palette[label], i == 0):
+                fig.add_trace(tr, i // cols + 1, i % cols + 1)
+    if arrays:
+        fig.update_layout(showlegend=True, legend=dict(orientation="h", x=0, xanchor="left", y=0, yanchor="top",
+                                                       font=dict(size=11)))
+    return fig
+
+
+def _upsample(heatmaps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear ``(N, h, w) -> (N, height, width)`` with the pixel-centre convention: image pixel
+    ``u`` samples heatmap pixel ``(u + 0.5) / s - 0.5`` (``s = width / w``), clamped at the borders."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(heatmaps, dtype=np.float32))[:, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def heatmap_overlay_figure(images, heatmaps, titles: Sequence[str] | None = None, cols: int = 6,
+                           joint: int | None = None, title: str = "", opacity: float = 0.6,
+                           smooth: bool = True, scale: float = 2) -> go.Figure:
+    """Keypoint heatmaps drawn semi-transparently over their images, in a grid.
+
+    Each image gets one ``go.Heatmap`` on a fixed ``[0, 1]`` scale (``zmin = 0``, ``zmax = 1``;
+    values outside take the end colours) with :data:`HEATMAP_COLOURSCALE`, transparent below
+    0.05 so the image shows through where the heatmap is near zero, and trace opacity
+    ``opacity``; one colour bar is shared by all subplots. Heatmaps of any size ``h x w`` are
+    placed with the pixel-centre convention of :mod:`poselab.data.heatmaps`: at stride
+    ``s = W / w``, heatmap pixel ``i`` covers image pixels ``[i s - 0.5, (i + 1) s - 0.5]``, so
+    both grids span the same extent with no half-pixel drift.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8, or floats in ``[0, 1]``; torch or NumPy.
+        heatmaps: ``(N, K, h, w)`` (e.g. a network's output at stride 2 or 4, or Gaussian
+            targets); torch or NumPy.
+        titles: ``N`` subplot titles; ``None`` for none.
+        cols: images per row (at most ``N``).
+        joint: ``None`` shows the maximum over the ``K`` joints (taken on the heatmap grid,
+            then upsampled); an int in ``[0, K)`` shows that joint's heatmap.
+        title: the figure title.
+        opacity: heatmap opacity in ``(0, 1]``.
+        smooth: ``True`` upsamples the heatmaps to the image size bilinearly (PyTorch
+            ``align_corners=False``, which is the pixel-centre convention; clamped at the
+            borders); ``False`` draws the heatmap grid as is, each heatmap pixel a block of
+            ``s x s`` image pixels centred at image pixel ``(i + 0.5) s - 0.5`` (nearest-neighbour
+            upsampling, and a smaller page).
+        scale: screen pixels per image pixel.
+
+    Returns:
+        A ``go.Figure`` with, per image, its ``go.Image`` trace then its ``go.Heatmap`` trace
+        (``2 N`` traces); only the last heatmap shows the colour bar.
+    """
+    pixels = _check_images(images)
+    n, height, width = pixels.shape[:3]
+    titles = _check_titles(titles, n)
+    hm = _np(heatmaps)
+    check_shape("heatmaps", hm, (n, None, None, None))
+    if not np.issubdtype(hm.dtype, np.floating):
+        raise TypeError(f"heatmaps: expected floating-point values, got dtype {hm.dtype}")
+    num_joints, h, w = hm.shape[1:]
+    if num_joints == 0 or h == 0 or w == 0:
+        raise ValueError(f"heatmaps: expected at least one non-empty heatmap per image, got shape {hm.shape}")
+    if joint is None:
+        grid = hm.max(axis=1)
+    elif isinstance(joint, (int, np.integer)) and not isinstance(joint, bool) and 0 <= joint < num_joints:
+        grid = hm[:, int(joint)]
+    else:
+        raise ValueError(f"joint: expected None or an int in [0, {num_joints}), got {joint!r}")
+    check_positive("opacity", opacity)
+    if opacity > 1:
+        raise ValueError(f"opacity: expected a number in (0, 1], got {opacity!r}")
+    if smooth:
+        grid, (x0, y0, dx, dy) = _upsample(grid, height, width), (0.0, 0.0, 1.0, 1.0)
+    else:
+        sx, sy = width / w, height / h
+        grid, (x0, y0, dx, dy) = grid.astype(np.float32), (0.5 * sx - 0.5, 0.5 * sy - 0.5, sx, sy)
+    fig = _image_grid(n, height, width, cols, scale, titles, title, extra_right=70)
+    cols = min(cols, n)
+    label = "max over joints" if joint is None else f"joint {int(joint)}"
+    for i in range(n):
+        r, c = i // cols + 1, i % cols + 1
+        _add_image(fig, pixels[i], r, c)  # first, so the heatmap lies over it
+        fig.add_trace(go.Heatmap(z=grid[i], x0=x0, y0=y0, dx=dx, dy=dy, zmin=0.0, zmax=1.0, zsmooth=False,
+                                 colorscale=HEATMAP_COLOURSCALE, opacity=opacity, showscale=i == n - 1,
+                                 colorbar=dict(title=dict(text="heatmap", side="right"), thickness=12, len=0.9,
+                                               x=1.0, xanchor="left", xpad=8),
+                                 name=label, hovertemplate=f"{label}: %{{z:.2f}}<extra></extra>"), r, c)
     return fig

@@ -283,3 +283,17 @@ def test_cuda_follows_device():
         torch.testing.assert_close(coords.cpu(), cpu, atol=1e-4, rtol=0)
     assert to_image_pixels(to_heatmap_pixels(kp, 4), 4).device.type == "cuda"
     assert foreground_ratio(hm) == foreground_ratio(hm.cpu())
+
+
+def test_value_histogram_known_answer():
+    from poselab.data.heatmaps import value_histogram
+
+    maps = torch.tensor([[[[0.0, 0.19, 0.2, 0.5], [0.99, 1.0, -0.3, 1.4]]]])
+    assert value_histogram(maps).tolist() == [3.0, 1.0, 1.0, 0.0, 3.0]
+    assert value_histogram(maps, bins=1).tolist() == [8.0]
+    g = gaussian_heatmaps(torch.tensor([[[7.0, 7.0]]]), (16, 16), 2.0)
+    counts = value_histogram(g)
+    # sigma 2: the 5 pixels within distance 1 of the peak exceed 0.8 (exp(-1/8) = 0.88, exp(-2/8) = 0.78).
+    assert counts.sum() == 256 and counts[-1] == 5 and counts[0] > 40 * counts[-1]
+    with pytest.raises(ValueError, match="bins"):
+        value_histogram(maps, bins=0)

@@ -195,3 +195,142 @@ def test_poses_overlay_figure_on_cmu31():
     poses = {"truth": torch.randn(2, 31, 3), "pred": torch.randn(2, 31, 3)}
     fig = viz.poses_overlay_figure(poses, CMU31)
     assert len(fig.data) == 2 and all(np.isnan(np.asarray(t.x, dtype=float)).sum() == 30 for t in fig.data)
+
+
+# ------------------------------------------------------------------------ images
+
+
+def _images(n=3, size=8):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+
+
+def _keypoints(n=3, size=8, offset=0.0):
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, 17, 2, generator=gen) * (size - 1) + offset
+
+
+def test_image_grid_figure_one_image_per_subplot_with_titles():
+    from poselab.data.skeleton import COCO17
+
+    fig = viz.image_grid_figure(_images(5), titles=[f"sample {i}" for i in range(5)], cols=3, scale=4)
+    assert isinstance(fig, go.Figure)
+    assert [t.type for t in fig.data] == ["image"] * 5
+    assert [a.text for a in fig.layout.annotations] == [f"sample {i}" for i in range(5)]
+    assert fig.layout.xaxis5.range == (-0.5, 7.5) and fig.layout.yaxis5.range == (7.5, -0.5)  # y down
+    assert fig.layout.yaxis5.scaleanchor == "x5" and fig.layout.xaxis5.visible is False
+    assert [(t.x0, t.y0, t.dx, t.dy) for t in fig.data[:1]] == [(0, 0, 1, 1)]  # pixel (0, 0) centred at (0, 0)
+    assert fig.layout.width > 3 * 8 * 4 and fig.layout.height > 2 * 8 * 4  # 3 columns, 2 rows
+    assert len(viz.image_grid_figure(_images(2)).layout.annotations) == 0  # no titles, no annotations
+    assert len(viz.image_grid_figure(_images(2), {"a": _keypoints(2)}, COCO17, cols=6).data) == 2 + 2 * 2
+
+
+def test_image_grid_figure_float_and_uint8_images_agree():
+    images = _images(2)
+    as_uint8 = viz.image_grid_figure(images)
+    as_float = viz.image_grid_figure(images.float() / 255)
+    as_numpy = viz.image_grid_figure(images.numpy())
+    for a, b, c in zip(as_uint8.data, as_float.data, as_numpy.data):
+        assert np.array_equal(np.asarray(a.z), np.asarray(b.z)) and np.array_equal(np.asarray(a.z), np.asarray(c.z))
+    assert np.array_equal(np.asarray(as_uint8.data[1].z), images[1].permute(1, 2, 0).numpy())  # (H, W, 3)
+
+
+def test_image_grid_figure_keypoints_per_label_and_at_their_pixels():
+    from poselab.data.skeleton import COCO17
+
+    kp = _keypoints(3)
+    kp[1, 4] = torch.tensor([2.0, 5.0])  # image 1, joint 4 at column 2, row 5
+    fig = viz.image_grid_figure(_images(3), {"truth": kp, "prediction": kp + 0.5}, COCO17,
+                                colours={"truth": "#000", "prediction": "#fff"})
+    scatters = [t for t in fig.data if t.type == "scatter"]
+    assert len(scatters) == 2 * 3 * 2  # labels x images x (limbs, joints)
+    assert [t.name for t in scatters if t.showlegend] == ["truth", "prediction"]  # legend once per label
+    assert {t.name: t.marker.color for t in scatters if t.mode == "markers"} == {"truth": "#000", "prediction": "#fff"}
+    joints = [t for t in scatters if t.mode == "markers" and t.name == "truth"]
+    assert (joints[1].x[4], joints[1].y[4]) == (2.0, 5.0)
+    assert joints[1].xaxis == "x2" and joints[1].yaxis == "y2"  # drawn over image 1
+    limbs = [t for t in scatters if t.mode == "lines"]
+    assert all(np.isnan(np.asarray(t.x, dtype=float)).sum() == len(COCO17.limbs) for t in limbs)
+    assert set(joints[0].marker.symbol) == {"circle", "square", "diamond"}  # left, right, centre
+    no_skeleton = viz.image_grid_figure(_images(3), {"a": torch.zeros(3, 5, 2)})
+    assert [t.mode for t in no_skeleton.data[3:]] == ["markers"] * 3 and len(no_skeleton.data[3].x) == 5
+
+
+def test_image_grid_figure_invisible_joints_are_hollow_without_limbs():
+    from poselab.data.skeleton import COCO17
+
+    visible = torch.ones(2, 17, dtype=torch.bool)
+    visible[0, 9] = False  # left wrist: one limb (elbow -> wrist)
+    fig = viz.image_grid_figure(_images(2), {"truth": _keypoints(2), "prediction": _keypoints(2)}, COCO17,
+                                visible={"truth": visible})
+    limbs0, joints0, limbs1, joints1, pred_limbs0, pred_joints0 = fig.data[2:8]
+    assert joints0.marker.symbol[9] == "circle-open" and joints0.marker.symbol[7] == "circle"
+    assert np.isnan(np.asarray(limbs0.x, dtype=float)).sum() == len(COCO17.limbs) - 1
+    assert np.isnan(np.asarray(limbs1.x, dtype=float)).sum() == len(COCO17.limbs)
+    assert "-open" not in "".join(pred_joints0.marker.symbol)  # visibility given for 'truth' only
+    shared = viz.image_grid_figure(_images(2), {"a": _keypoints(2), "b": _keypoints(2)}, COCO17, visible=visible)
+    assert shared.data[3].marker.symbol[9] == shared.data[7].marker.symbol[9] == "circle-open"
+
+
+def test_heatmap_overlay_figure_one_heatmap_over_each_image():
+    images = _images(3, size=8)
+    heatmaps = torch.zeros(3, 2, 4, 4)  # stride 2
+    heatmaps[:, 1, 1, 2] = 1.0
+    fig = viz.heatmap_overlay_figure(images, heatmaps, titles=["a", "b", "c"], cols=2)
+    assert [t.type for t in fig.data] == ["image", "heatmap"] * 3  # the heatmap over its image
+    heat = fig.data[1::2]
+    assert all((t.zmin, t.zmax) == (0.0, 1.0) for t in heat)
+    assert [t.showscale for t in heat] == [False, False, True]  # one shared colour bar
+    assert [t.xaxis for t in heat] == ["x", "x2", "x3"] and len(fig.layout.annotations) == 3
+    z = np.asarray(heat[0].z)
+    assert z.shape == (8, 8) and (heat[0].x0, heat[0].dx) == (0.0, 1.0)  # upsampled to image pixels
+    # heatmap pixel (2, 1) covers image pixels 4..5 x 2..3 (pixel centres), its maximum in between
+    assert np.unravel_index(z.argmax(), z.shape) in {(2, 4), (2, 5), (3, 4), (3, 5)}
+    assert z[2:4, 4:6] == pytest.approx(np.full((2, 2), z.max()))
+    coarse = viz.heatmap_overlay_figure(images, heatmaps, joint=0, smooth=False).data[1]
+    assert np.asarray(coarse.z).shape == (4, 4) and np.asarray(coarse.z).max() == 0.0  # joint 0 is empty
+    assert (coarse.x0, coarse.dx, coarse.y0, coarse.dy) == (0.5, 2.0, 0.5, 2.0)  # centres at (i + 0.5) s - 0.5
+
+
+def test_heatmap_overlay_figure_max_over_joints_and_one_joint():
+    heatmaps = torch.zeros(1, 3, 8, 8)
+    heatmaps[0, 0, 1, 1], heatmaps[0, 2, 6, 5] = 0.9, 0.4
+    both = np.asarray(viz.heatmap_overlay_figure(_images(1), heatmaps).data[1].z)
+    assert both[1, 1] == pytest.approx(0.9) and both[6, 5] == pytest.approx(0.4)
+    last = np.asarray(viz.heatmap_overlay_figure(_images(1), heatmaps.numpy(), joint=2).data[1].z)
+    assert last[1, 1] == 0.0 and last[6, 5] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: viz.image_grid_figure(torch.zeros(2, 8, 8, 3)), r"images: expected shape \(N, 3, \*, \*\)"),
+    (lambda: viz.image_grid_figure(torch.full((1, 3, 4, 4), 2.0)), r"images: expected float values in \[0, 1\]"),
+    (lambda: viz.image_grid_figure(_images(3), {"a": _keypoints(2)}, H36M17),
+     r"keypoints\['a'\]: expected shape \(3, 17, 2\), got \(2, 17, 2\)"),
+    (lambda: viz.image_grid_figure(_images(3), {"a": torch.zeros(3, 5, 2)}, H36M17), r"keypoints\['a'\]"),
+    (lambda: viz.image_grid_figure(_images(3), {}), "keypoints: expected a non-empty dict"),
+    (lambda: viz.image_grid_figure(_images(3), {"a": _keypoints(3)}, visible=torch.ones(3, 16, dtype=torch.bool)),
+     r"visible: expected shape \(3, 17\)"),
+    (lambda: viz.image_grid_figure(_images(3), {"a": _keypoints(3)}, visible={"b": torch.ones(3, 17)}),
+     "visible: unknown label 'b'"),
+    (lambda: viz.image_grid_figure(_images(3), visible=torch.ones(3, 17)), "visible: given without keypoints"),
+    (lambda: viz.image_grid_figure(_images(3), titles=["x"]), r"titles: expected one title per image \(3\)"),
+    (lambda: viz.image_grid_figure(_images(3), cols=0), "cols: expected an int >= 1"),
+    (lambda: viz.image_grid_figure(_images(3), {"a": _keypoints(3)}, colours=["#000", "#111"]),
+     r"colours: expected one colour per label \(1\)"),
+    (lambda: viz.heatmap_overlay_figure(_images(3), torch.zeros(2, 17, 4, 4)),
+     r"heatmaps: expected shape \(3, \*, \*, \*\), got \(2, 17, 4, 4\)"),
+    (lambda: viz.heatmap_overlay_figure(_images(3), torch.zeros(3, 17, 4, 4), joint=17),
+     r"joint: expected None or an int in \[0, 17\), got 17"),
+    (lambda: viz.heatmap_overlay_figure(_images(3), torch.zeros(3, 17, 4, 4), joint=-1), "joint: expected"),
+    (lambda: viz.heatmap_overlay_figure(_images(3), torch.zeros(3, 17, 4, 4), opacity=1.5), "opacity"),
+])
+def test_image_figures_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_image_figures_reject_bad_dtypes():
+    with pytest.raises(TypeError, match="images: expected uint8 or floats"):
+        viz.image_grid_figure(torch.zeros(1, 3, 4, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="heatmaps: expected floating-point"):
+        viz.heatmap_overlay_figure(_images(1), torch.zeros(1, 1, 4, 4, dtype=torch.int64))

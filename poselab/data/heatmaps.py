@@ -34,6 +34,7 @@ __all__ = [
     "to_heatmap_pixels",
     "to_image_pixels",
     "foreground_ratio",
+    "value_histogram",
 ]
 
 DECODE_METHODS = ("argmax", "quarter", "taylor")
@@ -325,3 +326,24 @@ def foreground_ratio(heatmaps: torch.Tensor, threshold: float = 0.8) -> float:
     foreground = int((heatmaps > threshold).sum())
     background = heatmaps.numel() - foreground
     return math.inf if foreground == 0 else background / foreground
+
+
+def value_histogram(heatmaps: torch.Tensor, bins: int = 5) -> torch.Tensor:
+    """Pixel counts of heatmap values in ``bins`` equal bins of [0, 1] (supplementary Fig. 9 of Xie et al.).
+
+    Values below 0 count in the first bin and values above 1 in the last (predicted heatmaps
+    overshoot slightly both ways); the upper edge of each bin belongs to the next bin, except 1,
+    which is in the last.
+
+    Args:
+        heatmaps: ``(..., h, w)`` floating point.
+        bins: number of bins, >= 1.
+
+    Returns:
+        ``(bins,)`` float64 counts (on the CPU), summing to ``heatmaps.numel()``.
+    """
+    _check_heatmaps("heatmaps", heatmaps)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins: expected an int >= 1, got {bins!r}")
+    index = (heatmaps.detach().clamp(0.0, 1.0) * bins).floor().clamp_max(bins - 1).long().flatten()
+    return torch.bincount(index, minlength=bins).double().cpu()
