@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "landscapes": "poselab.experiments.landscapes",  # chapter 1
     "flat_ensembles": "poselab.experiments.flat_ensembles",  # chapter 2
     "seal": "poselab.experiments.seal",  # chapter 3
+    "ssl_collapse": "poselab.experiments.ssl_collapse",  # chapter 5
 }
 """Experiment name -> module. The chapter that shows each one is named in its module docstring."""
 
