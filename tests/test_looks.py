@@ -69,13 +69,6 @@ def _assert_params_equal(a: LookParams, b: LookParams):
             assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
 
 
-def test_regions_match_body_model():
-    """looks keeps its own copy of the region names (importing the body model is slow)."""
-    from poselab.data import body
-
-    assert REGIONS == body.REGIONS
-
-
 # --- sampling ------------------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from poselab.checks import check_choice, check_int, check_shape, resolve_device
+from poselab.data.body import REGIONS  # clothing regions, in the order of vertex_regions ids
 
 __all__ = [
     "LOOKS",
@@ -66,9 +67,6 @@ __all__ = [
 LOOKS = ("synthetic", "realistic")
 """Names accepted by :func:`sample_look`."""
 
-REGIONS = ("head", "hands", "arms", "torso", "legs", "feet")
-"""Clothing regions, in the order of the body model's ``vertex_regions`` ids: the same tuple as
-``poselab.data.body.REGIONS`` (copied, not imported, to keep this module free of the body model)."""
 
 PATTERNS = ("flat", "stripes", "checks", "noise")
 """Clothing patterns (:attr:`LookParams.pattern`)."""
