@@ -49,13 +49,23 @@ def _metrics(consistency_response=0.01, consistency_pck=0.3, easy_hard_pck=0.6, 
     runs["consistency@10-w0.1"] = _run_metrics(0.2, 0.45, "consistency", 10, weight=0.1)
     runs["pair-same@10"] = _run_metrics(0.3, 0.52, "easy_hard", 10, hard="same")
     runs["pair-joint_cutout@10"] = _run_metrics(0.3, 0.55, "easy_hard", 10, hard="joint_cutout")
+    histogram = {"ground_truth_counts": [1000.0, 40.0, 20.0, 10.0, 10.0], "supervised": [1.0, 0.9, 0.5, 0.4, 0.2],
+                 "consistency": [1.0, 1.1, 0.1, 0.0, 0.0], "easy_hard": [1.0, 0.9, 0.4, 0.3, 0.1],
+                 "dual": [1.0, 0.9, 0.4, 0.3, 0.2]}
     return {"labelled_sizes": [10, 40], "runs": runs, "iterations": 100, "stride": 2, "size": 64, "sigma": 1.5,
-            "imbalance": {"low_high_ratio": 1200.0}}
+            "imbalance": {"low_high_ratio": 1200.0}, "predicted_histogram": histogram}
+
+
+def test_high_value_share():
+    histogram = {"ground_truth_counts": [100.0, 0.0, 0.0, 30.0, 10.0], "m": [1.0, 0.0, 0.0, 0.5, 0.5]}
+    assert exp.high_value_share(histogram, "m") == pytest.approx((15 + 5) / 40)
+    assert exp.high_value_share(histogram, "m", top_bins=1) == pytest.approx(0.5)
 
 
 def test_claims_hold_on_a_paper_like_outcome():
     claims = {c.id: c for c in exp._claims(_metrics())}
-    assert set(claims) == {"imbalance", "collapse", "downward", "weight", "labels", "easy_hard", "dual", "pairs"}
+    assert set(claims) == {"imbalance", "collapse", "downward", "high_values", "weight", "labels", "easy_hard", "dual",
+                           "pairs"}
     assert all(c.holds for c in claims.values()), [(c.id, c.note) for c in claims.values() if not c.holds]
     assert all(c.note == "" for c in claims.values())
 

@@ -204,6 +204,13 @@ def response_drop(curve: list[float]) -> float:
     return 0.0 if peak <= 0 else (peak - curve[-1]) / peak
 
 
+def high_value_share(histogram: dict, method: str, top_bins: int = 2) -> float:
+    """Predicted pixels in the ``top_bins`` highest value bins over the ground truth's (1 = as many)."""
+    truth = histogram["ground_truth_counts"][-top_bins:]
+    predicted = [r * g for r, g in zip(histogram[method][-top_bins:], truth)]
+    return sum(predicted) / max(sum(truth), 1.0)
+
+
 def _final(m: dict, name: str, key: str) -> float:
     return m["runs"][name]["final"][key]
 
@@ -239,6 +246,16 @@ def _claims(m: dict) -> list[Claim]:
         f"{100 * drop:.0f}% below its peak at the end ({n0} labels)", drop > 0.1,
         "" if drop > 0.1 else "the supervised term keeps the response up over this many steps"))
 
+    if "predicted_histogram" in m:
+        share = {meth: high_value_share(m["predicted_histogram"], meth) for meth in SSL_METHODS}
+        fewest = all(share["consistency"] < share[meth] for meth in SSL_METHODS if meth != "consistency")
+        claims.append(Claim(
+            "high_values", "Consistency training fails to predict high-value heatmap pixels on unlabelled images",
+            "supp. Fig. 9b: far fewer high-value pixels than the ground truth, fewer than the easy-hard method",
+            ", ".join(f"{meth} {share[meth]:.3f}" for meth in SSL_METHODS)
+            + f" (predicted / ground-truth pixels >= 0.6, {n0} labels)", fewest,
+            "" if fewest else "another method predicts even fewer high-value pixels here"))
+
     weights = [name for name, r in runs.items() if r["method"] == "consistency" and r["weight"] != 1.0]
     worse = [w for w in weights if resp(w) < resp(f"supervised@{n0}") and pck(w) <= pck(f"supervised@{n0}")]
     claims.append(Claim(
@@ -254,8 +271,9 @@ def _claims(m: dict) -> list[Claim]:
     claims.append(Claim(
         "labels", "More labels do not fix it: consistency stays below supervised at every labelled-set size",
         "1K/5K/10K/full: SSL AP below supervised at each", f"below at {len(more)} of {len(sizes)} sizes",
-        len(more) == len(sizes), "" if len(more) == len(sizes) else
-        "with more labels the supervised term dominates and consistency no longer hurts here"))
+        len(more) == len(sizes), "" if len(more) == len(sizes) else (
+            f"not below even at {n0} labels: no collapse within {m['iterations']} steps" if n0 not in more else
+            "with more labels the supervised term dominates and consistency no longer hurts here")))
 
     eh_ok = {n: resp(f"easy_hard@{n}") >= COLLAPSE_SHARE * resp(f"supervised@{n}") for n in sizes}
     eh_better = {n: pck(f"easy_hard@{n}") > pck(f"supervised@{n}") for n in sizes}
