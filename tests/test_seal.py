@@ -31,15 +31,11 @@ from poselab.methods.seal import (
     train_energy,
 )
 from poselab.models.lifting import LIFTERS, build_lifter
+from tiny_lifters import TINY_LIFTER_SIZES
 from poselab.train import train_model
 
 J = 17
-SMALL = {
-    "mlp": {"hidden": 32, "num_blocks": 1},
-    "cnn": {"channels": 24, "num_blocks": 1},
-    "gcn": {"hidden": 8, "num_blocks": 1},
-    "transformer": {"dim": 16, "depth": 1, "heads": 2, "ff_dim": 32},
-}
+SMALL = TINY_LIFTER_SIZES
 
 
 def lifter(name, num_joints=J, seed=0, **kwargs):

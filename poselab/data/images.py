@@ -32,12 +32,12 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from poselab.checks import check_choice, check_int, check_positive, resolve_device
+from poselab.checks import check_choice, check_int, resolve_device
 from poselab.data import looks as L
 from poselab.data.body import body_model
 from poselab.data.cameras import look_at
@@ -263,6 +263,8 @@ def render_people(clips: list, count: int, look: str, size: int, generator: torc
     check_int("count", count)
     check_int("size", size, 16)
     check_choice("look", look, LOOKS)
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator: expected a CPU torch.Generator, got {generator!r}")
     if not clips:
         raise ValueError("clips: expected at least one clip")
     dev = resolve_device(device)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from poselab.checks import check_profile, resolve_device, seed_everything
-from poselab.data.augment import EASY, HARD, AugmentConfig
+from poselab.data.augment import EASY, HARD
 from poselab.data.heatmaps import gaussian_heatmaps, to_heatmap_pixels, value_histogram
 from poselab.data.images import render_image_set
 from poselab.methods.ssl_collapse import SSL_METHODS, SSLConfig, SSLData, train_ssl
