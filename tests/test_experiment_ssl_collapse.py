@@ -35,17 +35,19 @@ def test_hard_variants_differ_from_easy_only_where_named():
 def _run_metrics(response, pck, method="supervised", n=10, weight=1.0, hard="all", curve=None):
     curve = curve or [0.0, response]
     return {"method": method, "labelled": n, "weight": weight, "hard": hard,
-            "curves": {"response": curve, "pck@0.1": [0.0, pck]}, "final": {"response": response, "pck@0.1": pck}}
+            "curves": {"response": curve, "pck@0.1": [0.0, pck]}, "final": {"response": response, "pck@0.1": pck},
+            "best_pck": pck}
 
 
-def _metrics(consistency_response=0.01, consistency_pck=0.3, easy_hard_pck=0.6, dual_pck=0.7):
+def _metrics(consistency_response=0.01, consistency_pck=0.3, easy_hard_pck=0.6, dual_pck=0.7, cures_at=(10, 40)):
     runs = {}
     for n in (10, 40):
         runs[f"supervised@{n}"] = _run_metrics(0.4, 0.5, n=n)
         runs[f"consistency@{n}"] = _run_metrics(consistency_response, consistency_pck, "consistency", n,
                                                 curve=[0.0, 0.3, consistency_response])
-        runs[f"easy_hard@{n}"] = _run_metrics(0.35, easy_hard_pck, "easy_hard", n)
-        runs[f"dual@{n}"] = _run_metrics(0.38, dual_pck, "dual", n)
+        if n in cures_at:
+            runs[f"easy_hard@{n}"] = _run_metrics(0.35, easy_hard_pck, "easy_hard", n)
+            runs[f"dual@{n}"] = _run_metrics(0.38, dual_pck, "dual", n)
     runs["consistency@10-w0.1"] = _run_metrics(0.2, 0.45, "consistency", 10, weight=0.1)
     runs["pair-same@10"] = _run_metrics(0.3, 0.52, "easy_hard", 10, hard="same")
     runs["pair-joint_cutout@10"] = _run_metrics(0.3, 0.55, "easy_hard", 10, hard="joint_cutout")
@@ -70,10 +72,20 @@ def test_claims_hold_on_a_paper_like_outcome():
     assert all(c.note == "" for c in claims.values())
 
 
+def test_claims_with_easy_hard_and_dual_only_at_the_smallest_size():
+    # The book profile runs all four methods at the smallest labelled set only.
+    claims = {c.id: c for c in exp._claims(_metrics(cures_at=(10,), easy_hard_pck=0.45))}
+    assert claims["labels"].holds is True
+    assert claims["easy_hard"].holds is False and "10 labels" in claims["easy_hard"].measured
+    assert "40 labels" not in claims["easy_hard"].measured
+    assert "best at 1 of 1" in claims["dual"].measured
+
+
 def test_claims_fail_with_reasons_when_nothing_collapses():
     claims = {c.id: c for c in exp._claims(_metrics(consistency_response=0.39, consistency_pck=0.55, easy_hard_pck=0.4,
                                                     dual_pck=0.45))}
     assert claims["collapse"].holds is False and "not below supervised" in claims["collapse"].note
+    assert "best PCK@0.1 0.550" in claims["collapse"].note
     assert claims["labels"].holds is False
     assert claims["easy_hard"].holds is False and "not above supervised" in claims["easy_hard"].note
     assert claims["dual"].holds is False
@@ -90,7 +102,9 @@ def test_fast_run_structure(fast_results):
     r = fast_results
     m = r.metrics
     cfg = exp.CONFIGS["fast"]
-    expected = {f"{meth}@{n}" for meth in SSL_METHODS for n in cfg["labelled"]}
+    smallest = min(cfg["labelled"])
+    expected = {f"{meth}@{n}" for n in cfg["labelled"] for meth in (SSL_METHODS if n == smallest else
+                                                                       cfg["larger_methods"])}
     expected |= {f"consistency@{min(cfg['labelled'])}-w{w:g}" for w in cfg["weights"]}
     expected |= {f"pair-{v}@{min(cfg['labelled'])}" for v in cfg["pairs"]}
     assert set(m["runs"]) == expected
@@ -106,5 +120,14 @@ def test_fast_run_structure(fast_results):
     assert set(m["predicted_histogram"]) == {"ground_truth_counts", *SSL_METHODS}
     assert {c.id for c in r.claims} >= {"imbalance", "collapse", "easy_hard", "dual", "pairs"}
     assert all(c.holds in (True, False, None) for c in r.claims)
-    assert len(r.artifacts["networks"][f"dual@{max(cfg['labelled'])}"]) == 2
+    assert len(r.artifacts["networks"][f"dual@{smallest}"]) == 2
     assert math.isfinite(r.to_dict()["seconds"])
+
+
+@pytest.mark.parametrize("profile", sorted(exp.CONFIGS))
+def test_profiles_run_what_the_claims_compare(profile):
+    cfg = exp.CONFIGS[profile]
+    # The "labels" claim compares consistency with supervised at every size.
+    assert {"supervised", "consistency"} <= set(cfg["larger_methods"]) <= set(SSL_METHODS)
+    assert max(cfg["labelled"]) < cfg["pool"] and cfg["probe"] <= cfg["pool"] - max(cfg["labelled"])
+    assert cfg["iterations"] % cfg["log_every"] == 0

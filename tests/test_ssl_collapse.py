@@ -111,9 +111,8 @@ def test_supervised_targets_mark_keypoints_pushed_out_invisible():
     images = torch.rand(2, 3, SIZE, SIZE)
     keypoints = torch.tensor([[[16.0, 16.0], [-30.0, 5.0], [10.0, 10.0]]]).expand(2, -1, -1).clone()
     visible = torch.ones(2, K, dtype=torch.bool)
-    cfg = SSLConfig(easy=NONE)
     g = torch.Generator().manual_seed(0)
-    aug, targets, vis = supervised_targets(images, keypoints, visible, cfg, 2, (16, 16), g)
+    aug, targets, vis = supervised_targets(images, keypoints, visible, NONE, 1.5, 2, (16, 16), g)
     torch.testing.assert_close(aug, images)  # NONE: identity warp
     assert vis.tolist() == [[True, False, True]] * 2
     assert targets[:, 1].abs().max() == 0 and targets[:, 0].max() > 0.9

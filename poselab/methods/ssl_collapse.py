@@ -32,9 +32,10 @@ Choices (our reading of the paper; the chapter discusses them):
 * **Losses.** Supervised: squared error averaged over heatmap pixels, over visible joints and over
   images (SimpleBaseline's JointsMSELoss without its factor 1/2). Unsupervised: squared error
   averaged over valid pixels, joints and images. Total ``L_s + lambda L_u``.
-* **Warm start.** SSL starts from a supervised model (the paper trains the dual networks
-  "separately on labelled images from different initialisation" first); :func:`train_ssl` takes
-  the initial networks and does not build them.
+* **Initial networks.** :func:`train_ssl` takes the networks and does not build them, so a run
+  can start from random weights or from a supervised model. The chapter's experiment starts every
+  method from the same random initialisation, as the paper's released configurations do; a
+  warm start from a model that has already overfitted the few labels hides the collapse.
 * **Two networks, one optimiser.** ``dual`` sums the two networks' losses and takes one Adam
   step over both parameter sets. Adam's state is per parameter, so this is exactly two separate
   Adams. The two forward passes stay separate: BatchNorm's running statistics are updated in
@@ -233,20 +234,22 @@ def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
 # ------------------------------------------------------------------------------------- one step
 
 
-def supervised_targets(images: torch.Tensor, keypoints: torch.Tensor, visible: torch.Tensor, config: SSLConfig,
-                       stride: int, heatmap_size: tuple[int, int], generator: torch.Generator):
-    """Augment labelled images with ``config.easy`` and build their Gaussian targets.
+def supervised_targets(images: torch.Tensor, keypoints: torch.Tensor, visible: torch.Tensor,
+                       augmentation: AugmentConfig, sigma: float, stride: int, heatmap_size: tuple[int, int],
+                       generator: torch.Generator):
+    """Augment labelled images with ``augmentation`` and build their Gaussian targets (width ``sigma``
+    heatmap pixels).
 
     Returns:
         ``(images (B, 3, S, S), targets (B, K, h, w), visible (B, K))``; keypoints pushed out of
         the crop by the augmentation become invisible.
     """
     size = images.shape[-1]
-    aug, affine = augment(images, keypoints, config.easy, generator)
+    aug, affine = augment(images, keypoints, augmentation, generator)
     moved = transform_points(keypoints, affine)
     inside = ((moved > -0.5) & (moved < size - 0.5)).all(dim=-1)
     vis = visible & inside
-    targets = gaussian_heatmaps(to_heatmap_pixels(moved, stride), heatmap_size, config.sigma, vis)
+    targets = gaussian_heatmaps(to_heatmap_pixels(moved, stride), heatmap_size, sigma, vis)
     return aug, targets, vis
 
 
@@ -342,7 +345,7 @@ def ssl_step(networks: Sequence[nn.Module], optimizer: torch.optim.Optimizer, la
     images, keypoints, visible = labelled
     stride = networks[0].output_stride
     size = images.shape[-1]
-    x_l, y_l, vis_l = supervised_targets(images, keypoints, visible, config, stride,
+    x_l, y_l, vis_l = supervised_targets(images, keypoints, visible, config.easy, config.sigma, stride,
                                          (size // stride, size // stride), generator)
     loss_sup = sum(joints_mse_loss(net(x_l), y_l, vis_l) for net in networks)
     if config.method == "supervised":
@@ -418,7 +421,7 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
     """Train copies of ``networks`` with ``config.method`` and return them with their History.
 
     Args:
-        networks: the initial network(s) (usually supervised, warm-started); not modified.
+        networks: the initial network(s), random or pre-trained; not modified.
             ``dual`` takes two, the other methods one.
         data: labelled and unlabelled images (:class:`SSLData`), kept on the CPU; each step's
             batches are moved to ``device``.
