@@ -231,8 +231,23 @@ class HeatmapNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` ``(B, 3, H, W)`` in [0, 1] -> heatmaps ``(B, K, H / s, W / s)``."""
+        return self.forward_with_features(images)[0]
+
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmaps and the features they are read from, in one pass.
+
+        Args:
+            images: ``(B, 3, H, W)`` in [0, 1], the model's dtype and device.
+
+        Returns:
+            ``(heatmaps (B, K, H / s, W / s), features (B, C, H / s, W / s))``: ``features`` is
+            the input of the final ``1x1`` convolution (``C = deconv_channels``), so
+            ``heatmaps = final(features)``. Methods that work on the last layer's per-keypoint
+            parameters (:mod:`poselab.methods.hamipose`) need it; both share one autograd graph.
+        """
         self.check_images(images)
-        return self.final(self.deconv(self.backbone(images)))
+        features = self.deconv(self.backbone(images))
+        return self.final(features), features
 
     @property
     def num_parameters(self) -> int:
