@@ -204,6 +204,26 @@ def histogram_figure(samples: dict[str, Sequence[float]], xlabel: str, title: st
     return fig
 
 
+def box_figure(samples: dict[str, Sequence[float]], ylabel: str, title: str = "",
+               reference: float | None = None) -> go.Figure:
+    """One box per named sample (e.g. a per-keypoint cosine over batches), in the given order.
+
+    ``reference``: a dashed horizontal line at this value (e.g. 0 for cosines).
+    """
+    if not samples:
+        raise ValueError("samples: expected at least one named sample, got none")
+    fig = go.Figure()
+    for name, values in samples.items():
+        values = _np(values).ravel()
+        if values.size == 0:
+            raise ValueError(f"samples[{name!r}]: expected at least one value, got none")
+        fig.add_trace(go.Box(y=values, name=name, boxpoints=False, showlegend=False))
+    if reference is not None:
+        fig.add_hline(y=reference, line_dash="dash", line_color="grey")
+    fig.update_layout(title=title, yaxis_title=ylabel, height=380, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
 # ------------------------------------------------------------------------ landscapes
 
 

@@ -39,7 +39,7 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     entries = report["entries"]
     assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step",
                             "ensemble_train_step", "hessian_vector_product", "seal_train_step", "image_rendering",
-                            "heatmap_train_step"}
+                            "heatmap_train_step", "hamipose_train_step"}
     from poselab.models.lifting import LIFTERS
 
     assert set(entries["lifter_train_step"]) == set(LIFTERS)
@@ -55,6 +55,9 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     assert steps["supervised"]["ratio_vs_supervised"] == 1.0
     assert steps["dual"]["ratio_vs_easy_hard"] == pytest.approx(steps["dual"]["step_ms"] / steps["easy_hard"]["step_ms"])
     assert "2.2x" in steps["target"]
+    ham = entries["hamipose_train_step"]
+    assert set(ham) == {"plain_ms", "mean_teacher_ms", "hamipose_ms", "ratio", "target"}
+    assert ham["ratio"] == pytest.approx(ham["hamipose_ms"] / ham["plain_ms"])
     notes = {name: e.pop("target") for name, e in entries.items() if "target" in e}  # strings, not timings
     assert all(isinstance(n, str) and n for n in notes.values())
     flat = [v for e in entries.values() for v in (e.values() if not isinstance(next(iter(e.values())), dict)

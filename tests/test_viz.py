@@ -334,3 +334,15 @@ def test_image_figures_reject_bad_dtypes():
         viz.image_grid_figure(torch.zeros(1, 3, 4, 4, dtype=torch.int64))
     with pytest.raises(TypeError, match="heatmaps: expected floating-point"):
         viz.heatmap_overlay_figure(_images(1), torch.zeros(1, 1, 4, 4, dtype=torch.int64))
+
+
+def test_box_figure_one_box_per_sample_and_reference_line():
+    fig = viz.box_figure({"nose": [0.1, -0.2, 0.3], "left_eye": np.array([[0.5], [0.4]])}, ylabel="cosine",
+                         reference=0.0)
+    assert [t.name for t in fig.data] == ["nose", "left_eye"]
+    assert list(fig.data[1].y) == [0.5, 0.4]
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].y0 == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        viz.box_figure({}, ylabel="y")
+    with pytest.raises(ValueError, match="nose"):
+        viz.box_figure({"nose": []}, ylabel="y")

@@ -13,6 +13,7 @@ EXPERIMENTS = {
     "flat_ensembles": "poselab.experiments.flat_ensembles",  # chapter 2
     "seal": "poselab.experiments.seal",  # chapter 3
     "ssl_collapse": "poselab.experiments.ssl_collapse",  # chapter 5
+    "hamipose": "poselab.experiments.hamipose",  # chapter 6
 }
 """Experiment name -> module. The chapter that shows each one is named in its module docstring."""
 
