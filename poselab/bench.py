@@ -301,6 +301,16 @@ def bench_rendering(device: str | torch.device, repeats: int, count: int = 32,
     return out
 
 
+def _random_heatmap_batches(labelled: int, unlabelled: int, size: int, device: torch.device):
+    """Seeded random images in [0, 1]: ``(images, keypoints (px, inside the crop), visible)`` for
+    ``labelled`` labelled images (17 keypoints, all visible) and ``(unlabelled, 3, size, size)`` images."""
+    gen = torch.Generator().manual_seed(0)
+    labelled_batch = (torch.rand(labelled, 3, size, size, generator=gen).to(device),
+                      (size / 8 + 0.75 * size * torch.rand(labelled, 17, 2, generator=gen)).to(device),
+                      torch.ones(labelled, 17, dtype=torch.bool, device=device))
+    return labelled_batch, torch.rand(unlabelled, 3, size, size, generator=gen).to(device)
+
+
 def bench_heatmap_steps(device: str | torch.device, repeats: int, size: int = 64, labelled_batch: int = 32,
                         unlabelled_batch: int = 32, net: str = "resnet_tiny",
                         methods: tuple[str, ...] = ("supervised", "consistency", "easy_hard", "dual")
@@ -334,11 +344,7 @@ def bench_heatmap_steps(device: str | torch.device, repeats: int, size: int = 64
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     device = resolve_device(device)
-    gen = torch.Generator().manual_seed(0)
-    labelled = (torch.rand(labelled_batch, 3, size, size, generator=gen).to(device),
-                (size / 8 + 0.75 * size * torch.rand(labelled_batch, 17, 2, generator=gen)).to(device),
-                torch.ones(labelled_batch, 17, dtype=torch.bool, device=device))
-    unlabelled = torch.rand(unlabelled_batch, 3, size, size, generator=gen).to(device)
+    labelled, unlabelled = _random_heatmap_batches(labelled_batch, unlabelled_batch, size, device)
     steps = {}
     for method in ("supervised", *[m for m in methods if m != "supervised"]):
         config = SSLConfig(method=method, labelled_batch=labelled_batch, unlabelled_batch=unlabelled_batch)
@@ -389,11 +395,7 @@ def bench_hamipose_step(device: str | torch.device, repeats: int, size: int = 64
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     device = resolve_device(device)
-    gen = torch.Generator().manual_seed(0)
-    source = (torch.rand(batch, 3, size, size, generator=gen).to(device),
-              (size / 8 + 0.75 * size * torch.rand(batch, 17, 2, generator=gen)).to(device),
-              torch.ones(batch, 17, dtype=torch.bool, device=device))
-    target = torch.rand(batch, 3, size, size, generator=gen).to(device)
+    source, target = _random_heatmap_batches(batch, batch, size, device)
 
     def networks():
         torch.manual_seed(0)

@@ -275,16 +275,13 @@ def _claims(m: dict) -> list[Claim]:
         "; ".join(f"lambda {runs[w]['weight']:g}: response {resp(w):.3f}, PCK@0.1 {pck(w):.3f}" for w in weights)
         + f" (supervised {resp(f'supervised@{n0}'):.3f}, {pck(f'supervised@{n0}'):.3f})",
         len(worse) == len(weights) if weights else None,
-        "" if len(worse) == len(weights) else "with a small weight the consistency term is too weak to pull the "
-        "response down within this many steps"))
+        "" if len(worse) == len(weights) else _weight_note(m, weights, n0)))
 
     more = [n for n in sizes if below[n] and resp(f"consistency@{n}") < resp(f"supervised@{n}")]
     claims.append(Claim(
         "labels", "More labels do not fix it: consistency stays below supervised at every labelled-set size",
         "1K/5K/10K/full: SSL AP below supervised at each", f"below at {len(more)} of {len(sizes)} sizes",
-        len(more) == len(sizes), "" if len(more) == len(sizes) else (
-            f"not below even at {n0} labels: no collapse within {m['iterations']} steps" if n0 not in more else
-            "with more labels the supervised term dominates and consistency no longer hurts here")))
+        len(more) == len(sizes), "" if len(more) == len(sizes) else _labels_note(m, sizes, n0)))
 
     cured = [n for n in sizes if f"easy_hard@{n}" in runs]  # the sizes where all four methods ran
     eh_ok = {n: resp(f"easy_hard@{n}") >= COLLAPSE_SHARE * resp(f"supervised@{n}") for n in cured}
@@ -333,6 +330,29 @@ def _collapse_note(m: dict, n: int, collapsed: bool, below: bool) -> str:
         parts.append(f"accuracy fell from its best PCK@0.1 {best:.3f} to {final:.3f} but was not below "
                      "supervised at the end")
     return "; ".join(parts)
+
+
+def _below(m: dict, n: int) -> str:
+    """Which of response and accuracy of consistency ended below supervised at ``n`` labels, in words."""
+    resp = _final(m, f"consistency@{n}", "response") < _final(m, f"supervised@{n}", "response")
+    pck = _final(m, f"consistency@{n}", "pck@0.1") < _final(m, f"supervised@{n}", "pck@0.1")
+    return {(True, True): "response and accuracy below", (True, False): "response below, accuracy not",
+            (False, True): "accuracy below, response not", (False, False): "neither below"}[(resp, pck)]
+
+
+def _labels_note(m: dict, sizes: list, n0: int) -> str:
+    parts = "; ".join(f"{n} labels: {_below(m, n)}" for n in sizes)
+    return (parts + f" supervised after {m['iterations']} steps: with more labels the supervised term holds the "
+            "response up longer, and the collapse had not reached the accuracy yet")
+
+
+def _weight_note(m: dict, weights: list, n0: int) -> str:
+    runs = m["runs"]
+    supervised = _final(m, f"supervised@{n0}", "pck@0.1")
+    parts = "; ".join(f"lambda {runs[w]['weight']:g}: response {100 * response_drop(runs[w]['curves']['response']):.0f}"
+                      f"% below its peak, PCK@0.1 {'above' if _final(m, w, 'pck@0.1') > supervised else 'not above'} "
+                      "supervised" for w in weights)
+    return parts + ": a smaller weight slows the fall, which had not reached the accuracy within the run"
 
 
 def _easy_hard_note(ok: dict, better: dict) -> str:
