@@ -29,7 +29,6 @@ import math
 import time
 from dataclasses import replace
 
-
 from poselab.checks import check_profile, resolve_device, seed_everything
 from poselab.data.images import render_image_set
 from poselab.methods.hamipose import HamiPoseConfig, UDAData, train_hamipose
