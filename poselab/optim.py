@@ -96,6 +96,7 @@ __all__ = [
     "build_optimizer",
     "warmup_cosine",
     "update_fluctuation",
+    "fluctuation_tensor",
 ]
 
 OPTIMIZERS = ("adam", "sgd", "hamiltonian")
@@ -288,10 +289,15 @@ def update_fluctuation(previous: torch.Tensor, current: torch.Tensor) -> float:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{arg}: expected a torch.Tensor, got {type(x).__name__}")
     check_same_shape(previous=previous, current=current)
+    return float(fluctuation_tensor(previous, current))
+
+
+def fluctuation_tensor(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """:func:`update_fluctuation` as a 0-dim float64 tensor on the inputs' device, unchecked: a
+    training loop can gather it with its other per-step values in one device synchronisation."""
     # float64: the norm of a difference of two close, large vectors loses digits in float32
     prev = previous.detach().reshape(-1).double()
     curr = current.detach().reshape(-1).to(prev)
     scale = 0.5 * (torch.linalg.vector_norm(prev) + torch.linalg.vector_norm(curr))
-    if scale == 0:
-        return 0.0
-    return float(torch.linalg.vector_norm(curr - prev) / scale)
+    ratio = torch.linalg.vector_norm(curr - prev) / torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.where(scale == 0, torch.zeros_like(ratio), ratio)

@@ -468,14 +468,20 @@ def landscape_walk_widget(predict_at, alphas, losses, target, skeleton, ylabel: 
 
 
 def curves_grid_figure(x, panels: dict[str, dict[str, Sequence[float]]], xlabel: str, ylabel: str,
-                       title: str = "", cols: int = 4) -> go.Figure:
+                       title: str = "", cols: int = 4, shared_y: bool = True) -> go.Figure:
     """Small multiples: one line plot per panel (``panels[panel][series] = ys`` over a shared ``x``),
-    the same series in the same colour in every panel."""
+    the same series in the same colour in every panel.
+
+    ``shared_y``: the panels of a row share their y axis (one quantity in one unit); False gives
+    each panel its own axis (different quantities, e.g. a ratio next to a loss).
+    """
     if not panels:
         raise ValueError("panels: expected at least one panel, got none")
+    if not isinstance(shared_y, bool):
+        raise TypeError(f"shared_y: expected a bool, got {type(shared_y).__name__}")
     cols = min(cols, len(panels))
     rows = int(np.ceil(len(panels) / cols))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(panels), shared_yaxes=True)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(panels), shared_yaxes=shared_y)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     colours: dict[str, str] = {}
     for i, (panel, series) in enumerate(panels.items()):

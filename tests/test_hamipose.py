@@ -521,6 +521,8 @@ def test_config_gamma_schedule():
     ({"warmup": 1.0}, ValueError, "warmup"),
     ({"friction": -0.1}, ValueError, "friction"),
     ({"student_aug": "hard"}, TypeError, "student_aug"),
+    ({"target_batchnorm": 1}, TypeError, "target_batchnorm"),
+    ({"target_batchnorm": True}, ValueError, "target_batchnorm"),  # lambda = 1: target images always in the batch
 ])
 def test_config_validation(kw, error, match):
     with pytest.raises(error, match=match):
@@ -739,6 +741,40 @@ def test_source_only_step_leaves_target_images_out():
         results.append(torch.cat([p.detach().reshape(-1) for p in student.parameters()]))
         assert out["loss_t"] == 0.0 and math.isnan(out["conflict_ratio"]) and out["loss"] == out["loss_s"]
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+def test_target_batchnorm_control_mixes_batchnorm_without_a_target_loss():
+    # The control: the target views share the forward pass (and BatchNorm's statistics) but carry no loss.
+    net = tiny_net()
+    source, target = step_inputs()
+    cfg = config(target_weight=0.0, target_batchnorm=True)
+    student, teacher = copy.deepcopy(net).train(), copy.deepcopy(net).eval().requires_grad_(False)
+    out = hamipose_step(student, teacher, torch.optim.SGD(student.parameters(), lr=0.1), KeypointMetric(student.final),
+                        source, target, cfg, 0, torch.Generator().manual_seed(0),
+                        target_generator=torch.Generator().manual_seed(3))
+    assert out["loss_t"] == 0.0 and math.isnan(out["conflict_ratio"]) and out["loss"] == out["loss_s"]
+    # by hand: the same source targets, the student's view of an adaptation run (teacher view drawn first)
+    x_s, y_s, vis_s = hp.supervised_targets(*source, cfg.source_aug, cfg.sigma, 4, (SIZE // 4, SIZE // 4),
+                                            torch.Generator().manual_seed(0))
+    views = torch.Generator().manual_seed(3)
+    hp.augment(target, None, cfg.teacher_aug, views)
+    u_h = hp.augment(target, None, cfg.student_aug, views)[0]
+    manual = copy.deepcopy(net).train()
+    optimizer = torch.optim.SGD(manual.parameters(), lr=0.1)
+    loss_s = joints_mse_loss(manual(torch.cat([x_s, u_h]))[:3], y_s, vis_s)
+    loss_s.backward()
+    optimizer.step()
+    assert out["loss_s"] == pytest.approx(loss_s.item(), rel=1e-6)
+    for a, b in zip(student.state_dict().values(), manual.state_dict().values()):  # running statistics too
+        torch.testing.assert_close(a, b)
+    plain = copy.deepcopy(net).train()
+    hamipose_step(plain, copy.deepcopy(teacher), torch.optim.SGD(plain.parameters(), lr=0.1),
+                  KeypointMetric(plain.final), source, target, config(target_weight=0.0), 0,
+                  torch.Generator().manual_seed(0))
+    bn = next(m for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    name = next(n for n, m in net.named_modules() if m is bn)
+    assert not torch.equal(dict(student.named_modules())[name].running_mean,
+                           dict(plain.named_modules())[name].running_mean)
 
 
 def test_keypoint_cosines_measure_without_changing_the_networks():

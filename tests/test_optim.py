@@ -434,6 +434,18 @@ def test_update_fluctuation_hand_cases():
     assert update_fluctuation(d.reshape(2, 1), -d.reshape(2, 1)) == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("previous, current", [
+    ([3.0, 4.0], [3.0, 4.0]), ([3.0, 4.0], [-3.0, -4.0]), ([0.0, 0.0], [0.0, 0.0]), ([0.0, 0.0], [3.0, 4.0]),
+    ([3.0, 4.0], [6.0, 8.0]), ([1.0, 0.0], [0.0, 1.0])])
+def test_fluctuation_tensor_is_update_fluctuation_without_a_sync(previous, current):
+    from poselab.optim import fluctuation_tensor
+
+    prev, curr = torch.tensor(previous), torch.tensor(current)
+    value = fluctuation_tensor(prev, curr)
+    assert isinstance(value, torch.Tensor) and value.dim() == 0 and value.dtype == torch.float64
+    assert value.item() == update_fluctuation(prev, curr)
+
+
 def test_update_fluctuation_bad_input():
     with pytest.raises(ValueError, match="shape"):
         update_fluctuation(torch.zeros(3), torch.zeros(4))

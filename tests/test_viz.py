@@ -127,6 +127,15 @@ def test_curves_grid_figure_keeps_one_colour_per_series():
         viz.curves_grid_figure([0, 1], {}, xlabel="s", ylabel="mm")
 
 
+@pytest.mark.parametrize("shared_y, matched", [(True, "y"), (False, None)])
+def test_curves_grid_figure_shares_y_axes_only_when_asked(shared_y, matched):
+    panels = {"ratio": {"x": [0.4, 0.5]}, "loss": {"x": [1e-3, 2e-3]}}
+    fig = viz.curves_grid_figure([0, 1], panels, xlabel="s", ylabel="", shared_y=shared_y)
+    assert fig.layout.yaxis2.matches == matched  # the second panel follows the first's range only when shared
+    with pytest.raises(TypeError, match="shared_y"):
+        viz.curves_grid_figure([0, 1], panels, xlabel="s", ylabel="", shared_y="no")
+
+
 # ------------------------------------------------------------------------ pose overlays
 
 

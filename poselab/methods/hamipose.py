@@ -161,6 +161,11 @@ class HamiPoseConfig:
         iterations: optimisation steps.
         source_batch, target_batch: images per step from each domain.
         target_weight: ``lambda`` in ``L_s + lambda L_t`` (0 = source only).
+        target_batchnorm: with ``target_weight == 0`` only: still pass the student's views of the
+            target images through the student together with the source batch (no loss on them), so
+            that BatchNorm's batch statistics, and the running statistics used at test time, mix
+            both domains as in an adaptation run. The control that tells adaptation through
+            BatchNorm apart from adaptation through ``L_t``.
         decomposition: one of :data:`DECOMPOSITIONS` (``none`` = plain Mean Teacher).
         ema_decay: ``tau``, the teacher's EMA decay in [0, 1] (1 = frozen teacher).
         metric_decay: ``mu``, EMA decay of ``alpha_k`` (mean squared increments of slice ``k``); also
@@ -183,6 +188,7 @@ class HamiPoseConfig:
     source_batch: int = 16
     target_batch: int = 16
     target_weight: float = 1.0
+    target_batchnorm: bool = False
     decomposition: str = "keypoint"
     ema_decay: float = 0.99
     metric_decay: float = 0.99
@@ -206,6 +212,12 @@ class HamiPoseConfig:
         check_int("target_batch", self.target_batch, 1)
         check_int("log_every", self.log_every, 1)
         check_positive("target_weight", self.target_weight, allow_zero=True)
+        if not isinstance(self.target_batchnorm, bool):
+            raise TypeError(f"target_batchnorm: expected a bool, got {type(self.target_batchnorm).__name__}")
+        if self.target_batchnorm and self.target_weight != 0:
+            raise ValueError(f"target_batchnorm: applies to source-only runs (target_weight == 0), got "
+                             f"target_weight={self.target_weight!r}; adaptation runs always put the target "
+                             "images in the batch")
         check_choice("decomposition", self.decomposition, DECOMPOSITIONS)
         _check_fraction("ema_decay", self.ema_decay, closed_right=True)
         _check_fraction("metric_decay", self.metric_decay, closed_right=False)
@@ -753,9 +765,11 @@ def hamipose_step(student: nn.Module, teacher: nn.Module, optimizer: torch.optim
         ``a`` of the mode; for ``none`` the per-keypoint one, not applied), ``confidence`` (mean
         teacher confidence ``c_k``), ``response`` (student's mean heatmap peak on the target batch),
         ``gamma``. With ``target_weight == 0`` the step is plain supervised training on the source
-        batch (no target forward pass, so no BatchNorm mixing) and the target-side values are NaN
-        (``loss_t`` 0). A step of a non-finite network raises nothing and returns NaN values (the
-        shares included: NaN when any cosine or factor is NaN, not the share of the finite ones).
+        batch (no target forward pass, so no BatchNorm mixing, unless ``config.target_batchnorm``:
+        then the student's target views share the forward pass, drawn from ``target_generator``,
+        with no loss) and the target-side values are NaN (``loss_t`` 0). A step of a non-finite
+        network raises nothing and returns NaN values (the shares included: NaN when any cosine or
+        factor is NaN, not the share of the finite ones).
     """
     _check_network("student", student)
     _check_network("teacher", teacher)
@@ -771,10 +785,14 @@ def hamipose_step(student: nn.Module, teacher: nn.Module, optimizer: torch.optim
     heatmap_size = (size // stride, size // stride)
     x_s, y_s, vis_s = supervised_targets(images, keypoints, visible, config.source_aug, config.sigma, stride,
                                          heatmap_size, generator)
-    if config.target_weight == 0:
-        return _source_only_step(student, teacher, optimizer, metric, x_s, y_s, vis_s, config, iteration)
     if target_generator is None:
         target_generator = generator
+    if config.target_weight == 0:
+        extra = None
+        if config.target_batchnorm:  # the teacher's view is drawn too, so the student sees an adaptation run's views
+            augment(target, None, config.teacher_aug, target_generator)
+            extra = augment(target, None, config.student_aug, target_generator)[0]
+        return _source_only_step(student, teacher, optimizer, metric, x_s, y_s, vis_s, config, iteration, extra)
     heatmaps, combined, loss_s, loss_t, h_t, confidence, gamma = _filtered_gradients(
         student, teacher, metric, (x_s, y_s, vis_s), target, config, iteration, target_generator)
     optimizer.zero_grad(set_to_none=True)
@@ -802,11 +820,17 @@ def _share_below_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(x).any(), torch.full_like(share, math.nan), share)
 
 
-def _source_only_step(student, teacher, optimizer, metric, x_s, y_s, vis_s, config, iteration) -> dict[str, float]:
-    """``lambda = 0``: plain supervised training on the source batch alone. The target images stay
-    out of the forward pass, so BatchNorm's statistics come from one domain and a source-only (or
-    target-oracle) baseline gets no adaptation through them."""
-    loss_s = joints_mse_loss(student(x_s), y_s, vis_s)
+def _source_only_step(student, teacher, optimizer, metric, x_s, y_s, vis_s, config, iteration,
+                      target_view=None) -> dict[str, float]:
+    """``lambda = 0``: plain supervised training on the source batch. Without ``target_view`` the
+    target images stay out of the forward pass, so BatchNorm's statistics come from one domain and
+    a source-only (or target-oracle) baseline gets no adaptation through them; with it (the
+    ``target_batchnorm`` control) they share the forward pass and carry no loss."""
+    if target_view is None:
+        heatmaps = student(x_s)
+    else:
+        heatmaps = student(torch.cat([x_s, target_view]))[: x_s.shape[0]]
+    loss_s = joints_mse_loss(heatmaps, y_s, vis_s)
     optimizer.zero_grad(set_to_none=True)
     loss_s.backward()
     optimizer.step()
@@ -943,10 +967,12 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
         flat = _flat_parameters(student)
         step = flat - previous_flat
         all_finite = torch.isfinite(flat).all() & torch.isfinite(metric.alpha).all()
-        rms, finite = torch.stack([step.pow(2).mean().sqrt(), all_finite.to(step.dtype)]).tolist()  # one sync
-        step_rms.append(rms)
+        values = [step.pow(2).mean().sqrt(), all_finite]
         if previous_step is not None:
-            fluctuations.append(O.update_fluctuation(previous_step, step))
+            values.append(O.fluctuation_tensor(previous_step, step))
+        rms, finite, *fluct = torch.stack([v.double() for v in values]).tolist()  # one sync
+        step_rms.append(rms)
+        fluctuations.extend(fluct)
         previous_flat, previous_step = flat, step
         diverged = not (math.isfinite(stats["loss"]) and finite == 1.0)
         done = it + 1
