@@ -1,4 +1,5 @@
-"""Tests for poselab.data.body: the CMU -> Anny mapping, outputs, phenotype sampling and errors."""
+"""Tests for poselab.data.body: the CMU -> Anny mapping, outputs, the skeleton without skinning, the
+camera-frame pose parameters, phenotype sampling and errors."""
 
 import dataclasses
 import math
@@ -14,9 +15,11 @@ from poselab.data.body import (
     PHENOTYPES,
     REGIONS,
     BodyOutput,
+    Skeleton,
     body_model,
     bvh_in_anny_frame,
     bvh_to_anny_axes,
+    to_camera_frame,
 )
 from poselab.data.mocap import Motion, load_clip, motion_end_sites, motion_joints
 from poselab.data.skeleton import CMU31, COCO17, H36M17, cmu_to_h36m
@@ -267,7 +270,8 @@ def test_swing_known_answers():
     torch.testing.assert_close(swing(x, y), torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
     torch.testing.assert_close(swing(x, x), torch.eye(3))
     gen = torch.Generator().manual_seed(5)
-    a, b = torch.randn(20, 3, generator=gen, dtype=torch.float64), torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    a = torch.randn(20, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(20, 3, generator=gen, dtype=torch.float64)
     R = swing(a, b)
     torch.testing.assert_close((R @ a[..., None])[..., 0], b * (a.norm(dim=-1) / b.norm(dim=-1))[:, None])
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(20, 3, 3))
@@ -293,7 +297,8 @@ def test_outputs_shapes_and_keypoints(bm, clips):
     head = bm.bone_names.index("Head")
     torch.testing.assert_close(out.joints[:, H36M17.index("Head")], out.bone_tails[:, head])
     torch.testing.assert_close(out.joints[:, H36M17.index("Neck/Nose")], out.bone_heads[:, head])
-    torch.testing.assert_close(out.joints[:, H36M17.index("LWrist")], out.bone_heads[:, bm.bone_names.index("LeftHand")])
+    wrist = out.joints[:, H36M17.index("LWrist")]
+    torch.testing.assert_close(wrist, out.bone_heads[:, bm.bone_names.index("LeftHand")])
     # COCO body keypoints lie close to the matching joints (a few cm: surface vs skeleton)
     for kp, joint in (("left_shoulder", "LShoulder"), ("right_elbow", "RElbow"), ("left_wrist", "LWrist"),
                       ("right_hip", "RHip"), ("left_knee", "LKnee"), ("right_ankle", "RFoot")):  # fmt: skip
@@ -442,3 +447,295 @@ def test_cuda_matches_cpu(bm, clips):
     assert out_gpu.vertices.device.type == "cuda" and gpu.vertex_regions.device.type == "cuda"
     for f in dataclasses.fields(BodyOutput):
         torch.testing.assert_close(getattr(out_gpu, f.name).cpu(), getattr(out, f.name), atol=1e-4, rtol=0)
+
+
+# --- skeleton without skinning ------------------------------------------------------------------
+
+
+def _random_rotations(shape, generator, dtype=torch.float32, scale=1.5):
+    """Random rotations ``shape + (3, 3)`` from rotation vectors of about ``scale`` radians."""
+    vec = scale * torch.randn(*shape, 3, generator=generator, dtype=torch.float64)
+    return torch.linalg.matrix_exp(body_module._skew(vec)).to(dtype)
+
+
+def _clip_poses(bm, clips, n, seed):
+    """(3n, 31, 4, 4) pose parameters of random frames of the test clips, and their (3n, 6) bodies."""
+    gen = torch.Generator().manual_seed(seed)
+    poses, bodies = [], []
+    for motion in clips.values():
+        frames = torch.randint(0, motion.num_frames, (n,), generator=gen)
+        ph = bm.sample_phenotypes(n, "realistic", gen)
+        poses.append(bm.pose_parameters(motion, frames, ph))
+        bodies.append(ph)
+    return torch.cat(poses).detach(), torch.cat(bodies)
+
+
+def _skeleton_error(out, sk):
+    return max(float((getattr(out, k) - getattr(sk, k)).abs().max()) for k in Skeleton._fields)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_skeleton_matches_forward_on_clips(clips, dtype, tol):
+    bm = body_model("cpu", dtype=dtype)
+    pose, ph = _clip_poses(bm, clips, 4, seed=20)
+    with torch.no_grad():
+        out = bm(pose, ph)
+        sk = bm.skeleton(pose, ph)
+        sk34 = bm.skeleton(pose[:, :, :3], ph)
+    assert isinstance(sk, Skeleton) and sk.joints.dtype == dtype
+    assert sk.joints.shape == (12, 17, 3) and sk.bone_heads.shape == sk.bone_tails.shape == (12, 31, 3)
+    assert _skeleton_error(out, sk) < tol  # measured 5e-7 (float32), 1e-15 (float64)
+    for a, b in zip(sk, sk34):  # only the top 3x4 block is read
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_skeleton_matches_forward_for_arbitrary_parameters(dtype, tol):
+    """Random rotations on every bone, translations on every bone (Anny reads the children's too),
+    and bodies from the whole phenotype cube (children included)."""
+    bm = body_model("cpu", dtype=dtype)
+    gen = torch.Generator().manual_seed(21)
+    pose = torch.eye(4, dtype=dtype).repeat(5, 31, 1, 1)
+    pose[..., :3, :3] = _random_rotations((5, 31), gen, dtype)
+    pose[..., :3, 3] = 0.2 * torch.randn(5, 31, 3, generator=gen, dtype=dtype)
+    pose[:, 0, :3, 3] = 3.0 * torch.randn(5, 3, generator=gen, dtype=dtype)
+    ph = torch.rand(5, 6, generator=gen, dtype=torch.float64).to(dtype)
+    # the last row of a 4x4 parameter is not read: garbage there changes nothing
+    garbage = pose.clone()
+    garbage[..., 3, :] = torch.randn(5, 31, 4, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        out = bm(pose, ph)
+        sk = bm.skeleton(garbage, ph)
+    assert _skeleton_error(out, sk) < tol  # measured 1e-6 (float32), 2e-15 (float64)
+
+
+def test_skeleton_known_answers(bm):
+    ph = bm.sample_phenotypes(1, "synthetic", torch.Generator().manual_seed(22))
+    heads, tails = bm._rest_skeleton(ph)
+    identity = torch.eye(4).expand(1, 31, 4, 4)
+    sk = bm.skeleton(identity, ph)
+    # identity parameters: the rest skeleton with the pelvis moved to the origin
+    torch.testing.assert_close(sk.bone_heads, heads - heads[:, :1])
+    torch.testing.assert_close(sk.bone_tails, tails - heads[:, :1])
+    head, j = bm.bone_names.index("Head"), H36M17.index
+    torch.testing.assert_close(sk.joints[:, j("Head")], sk.bone_tails[:, head])
+    torch.testing.assert_close(sk.joints[:, j("Neck/Nose")], sk.bone_heads[:, head])
+    torch.testing.assert_close(sk.joints[:, j("LKnee")], sk.bone_heads[:, bm.bone_names.index("LeftLeg")])
+
+    # the root parameter [Q | t] turns the whole skeleton about the pelvis and puts the pelvis at t
+    Q = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about Z
+    t = torch.tensor([1.0, -2.0, 0.5])
+    root = identity.clone()
+    root[:, 0, :3, :3], root[:, 0, :3, 3] = Q, t
+    moved = bm.skeleton(root, ph)
+    for a, b in zip(moved, sk):
+        torch.testing.assert_close(a, b @ Q.T + t)
+
+    # turning one bone moves that bone's tail and its descendants about its head, nothing else
+    c = bm.bone_names.index("LeftForeArm")
+    below = {c}
+    for k, p in enumerate(bm.parents):
+        if p in below:
+            below.add(k)
+    assert {bm.bone_names[k] for k in below} == {"LeftForeArm", "LeftHand", "LThumb", "LeftFingerBase",
+                                                 "LeftHandFinger1"}  # fmt: skip
+    bent = identity.clone()
+    bent[:, c, :3, :3] = Q
+    out = bm.skeleton(bent, ph)
+    pivot = sk.bone_heads[:, c]
+    turned = torch.tensor([k in below for k in range(31)])
+    torch.testing.assert_close(out.bone_tails[:, turned], (sk.bone_tails[:, turned] - pivot) @ Q.T + pivot)
+    torch.testing.assert_close(out.bone_heads[:, turned & (torch.arange(31) != c)],
+                               (sk.bone_heads[:, turned & (torch.arange(31) != c)] - pivot) @ Q.T + pivot)
+    torch.testing.assert_close(out.bone_heads[:, ~turned | (torch.arange(31) == c)],
+                               sk.bone_heads[:, ~turned | (torch.arange(31) == c)], atol=0, rtol=0)
+    torch.testing.assert_close(out.bone_tails[:, ~turned], sk.bone_tails[:, ~turned], atol=0, rtol=0)
+    moved_joints = (out.joints[0] - sk.joints[0]).norm(dim=-1) > 1e-3
+    assert moved_joints.nonzero().flatten().tolist() == [j("LWrist")]  # the hand's head
+
+
+def test_skeleton_gradients_first_and_second_order(clips):
+    bm64 = body_model("cpu", dtype=torch.float64)
+    pose, ph = _clip_poses(bm64, {"05_02": clips["05_02"]}, 2, seed=23)
+    pose, ph = pose[:, :, :3].clone().requires_grad_(), ph.clone().requires_grad_()
+
+    def joints(p, q):
+        return bm64.skeleton(p, q).joints
+
+    one = (pose[:1], ph[:1])
+    assert torch.autograd.gradcheck(joints, one)
+    assert torch.autograd.gradgradcheck(joints, one)
+    # every output, two bodies (random projections: fast)
+    assert torch.autograd.gradgradcheck(lambda p, q: tuple(bm64.skeleton(p, q)), (pose, ph), fast_mode=True)
+
+
+def test_skeleton_second_order_matches_forward(clips):
+    """A MAML-style quantity (gradient of the gradient's norm) through the skeleton equals the one
+    through Anny's full forward."""
+    bm64 = body_model("cpu", dtype=torch.float64)
+    pose, ph = _clip_poses(bm64, {"135_06": clips["135_06"]}, 2, seed=24)
+    target = torch.randn(2, 17, 3, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+
+    def meta_gradients(fn):
+        p, q = pose.clone().requires_grad_(), ph.clone().requires_grad_()
+        loss = (fn(p, q).joints - target).square().sum()
+        g_pose, g_ph = torch.autograd.grad(loss, (p, q), create_graph=True)
+        return torch.autograd.grad(g_pose.square().sum() + g_ph.square().sum(), (p, q))
+
+    ours, anny = meta_gradients(bm64.skeleton), meta_gradients(bm64.forward)
+    for a, b in zip(ours, anny):
+        assert b.abs().max() > 1e-3
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_skeleton_vmap_over_pose_with_a_shared_body(bm, clips):
+    from torch.func import grad, vmap
+
+    pose, ph = _clip_poses(bm, {"02_03": clips["02_03"]}, 4, seed=26)
+    one = ph[:1]  # one body for every pose
+    with torch.no_grad():
+        batched = bm.skeleton(pose, one.expand(4, 6))
+    mapped = vmap(lambda p: bm.skeleton(p[None], one))(pose)
+    assert isinstance(mapped, Skeleton)  # a NamedTuple: a pytree that vmap can return
+    for a, b in zip(mapped, batched):
+        torch.testing.assert_close(a[:, 0], b)
+    mapped_none = vmap(lambda p, q: bm.skeleton(p[None], q).joints[0], in_dims=(0, None))(pose, one)
+    torch.testing.assert_close(mapped_none, batched.joints)
+
+    # per-sample gradients with vmap(grad) equal the batched gradient of the summed loss
+    def loss(p, q):
+        return bm.skeleton(p[None], q).joints.square().sum()
+
+    per_pose = vmap(grad(loss), in_dims=(0, None))(pose, one)
+    per_body = vmap(grad(loss, argnums=1), in_dims=(0, None))(pose, one)
+    p, q = pose.clone().requires_grad_(), one.expand(4, 6).clone().requires_grad_()
+    bm.skeleton(p, q).joints.square().sum().backward()
+    torch.testing.assert_close(per_pose, p.grad)
+    torch.testing.assert_close(per_body[:, 0], q.grad)
+
+    # anny's phenotype code writes in place: vmapping over the bodies fails (batch them natively)
+    with pytest.raises(RuntimeError, match="vmap"):
+        vmap(lambda p, q: bm.skeleton(p[None], q[None]).joints[0])(pose, ph)
+
+
+def test_skeleton_bad_inputs(bm):
+    ph = torch.full((2, 6), 0.5)
+    pose = torch.eye(4).expand(2, 31, 4, 4)
+    for bad in (torch.eye(4).expand(2, 30, 4, 4), pose[..., :2, :], pose[..., :3], pose[0], pose[None]):
+        with pytest.raises(ValueError, match=r"pose_parameters: expected shape \(B, 31, 4, 4\) or \(B, 31, 3, 4\)"):
+            bm.skeleton(bad, ph)
+    with pytest.raises(TypeError, match="pose_parameters"):
+        bm.skeleton(pose.numpy(), ph)
+    with pytest.raises(TypeError, match="pose_parameters.*float64"):
+        bm.skeleton(pose.double(), ph)
+    with pytest.raises(TypeError, match="pose_parameters"):
+        bm.skeleton(pose.long(), ph)
+    with pytest.raises(ValueError, match="phenotypes"):
+        bm.skeleton(pose, torch.full((3, 6), 0.5))
+    with pytest.raises(ValueError, match="phenotypes"):
+        bm.skeleton(pose[:, :, :3], torch.full((2, 5), 0.5))
+    with pytest.raises(TypeError, match="phenotypes"):
+        bm.skeleton(pose, ph.double())
+
+
+# --- pose parameters in a camera frame -------------------------------------------------------------
+
+
+def test_to_camera_frame_structure_and_identity():
+    gen = torch.Generator().manual_seed(27)
+    pose = torch.randn(3, 31, 4, 4, generator=gen)
+    R, T = _random_rotations((3,), gen), torch.randn(3, 3, generator=gen)
+    out = to_camera_frame(pose, R, T)
+    assert out.shape == pose.shape and out.dtype == pose.dtype
+    torch.testing.assert_close(out[:, 1:], pose[:, 1:], atol=0, rtol=0)  # only the root changes
+    torch.testing.assert_close(out[:, 0, 3], pose[:, 0, 3], atol=0, rtol=0)  # its last row is kept
+    torch.testing.assert_close(out[:, 0, :3, :3], R @ pose[:, 0, :3, :3])
+    torch.testing.assert_close(out[:, 0, :3, 3], (R @ pose[:, 0, :3, 3:])[..., 0] + T)
+    torch.testing.assert_close(to_camera_frame(pose[:, :, :3], R, T), out[:, :, :3])  # 3x4 in, 3x4 out
+    eye = torch.eye(3).expand(3, 3, 3)
+    torch.testing.assert_close(to_camera_frame(pose, eye, torch.zeros(3, 3)), pose, atol=0, rtol=0)
+    # two changes of frame compose: (R2, T2) after (R1, T1) is (R2 R1, R2 T1 + T2)
+    R2, T2 = _random_rotations((3,), gen), torch.randn(3, 3, generator=gen)
+    twice = to_camera_frame(to_camera_frame(pose, R, T), R2, T2)
+    torch.testing.assert_close(twice, to_camera_frame(pose, R2 @ R, (R2 @ T[..., None])[..., 0] + T2))
+    # differentiable in all three inputs
+    args = tuple(x.double().requires_grad_() for x in (pose[:2, :, :3], R[:2], T[:2]))
+    assert torch.autograd.gradcheck(to_camera_frame, args)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_to_camera_frame_is_equivariant(clips, dtype, tol):
+    bm = body_model("cpu", dtype=dtype)
+    pose, ph = _clip_poses(bm, {"05_02": clips["05_02"]}, 3, seed=28)
+    gen = torch.Generator().manual_seed(29)
+    R = _random_rotations((3,), gen, dtype)
+    T = torch.randn(3, 3, generator=gen, dtype=torch.float64).to(dtype) + torch.tensor([0.0, 0.0, 5.0], dtype=dtype)
+    with torch.no_grad():
+        world = bm(pose, ph)
+        cam = bm(to_camera_frame(pose, R, T), ph)
+        sk = bm.skeleton(to_camera_frame(pose[:, :, :3], R, T), ph)
+    for f in dataclasses.fields(BodyOutput):  # vertices, joints, keypoints, bone ends
+        expected = torch.einsum("bij,bnj->bni", R, getattr(world, f.name)) + T[:, None]
+        # Anny's COCO regressor weights sum to 1 only to 1.3e-7, and its float32 sums over 13,718
+        # vertices some 5 m from the camera round off to 1e-4 m: a looser bound for the keypoints.
+        atol = tol if f.name != "keypoints" else {torch.float32: 5e-4, torch.float64: 2e-6}[dtype]
+        torch.testing.assert_close(getattr(cam, f.name), expected, atol=atol, rtol=0)
+    assert _skeleton_error(cam, sk) < tol
+
+
+def test_to_camera_frame_gives_the_rendered_camera_joints():
+    from poselab.data.images import render_image_set
+
+    images = render_image_set("train", "synthetic", 8, 64, seed=0, progress=False)
+    bm = body_model("cpu")
+    assert images.pose.shape == (8, 31, 3, 4)
+    with torch.no_grad():
+        sk = bm.skeleton(to_camera_frame(images.pose, images.rotation, images.translation), images.phenotypes)
+        world = bm.skeleton(images.pose, images.phenotypes)
+    assert (sk.joints - images.joints_cam).abs().max() < 1e-4  # measured 5e-7 m
+    assert (world.joints - images.joints_cam).abs().max() > 1.0  # the world frame is not the camera's
+    projected = sk.joints[..., :2] / sk.joints[..., 2:] * images.focal[:, None] + images.center[:, None]
+    assert (projected - images.joints).abs().max() < 1e-3  # crop pixels
+
+
+def test_to_camera_frame_bad_inputs():
+    pose, R, T = torch.eye(4).expand(2, 31, 4, 4), torch.eye(3).expand(2, 3, 3), torch.zeros(2, 3)
+    for bad in (pose[:, :30], pose[..., :3], pose[0]):
+        with pytest.raises(ValueError, match=r"pose_parameters: expected shape \(B, 31, 4, 4\) or \(B, 31, 3, 4\)"):
+            to_camera_frame(bad, R, T)
+    with pytest.raises(ValueError, match=r"rotation: expected shape \(2, 3, 3\)"):
+        to_camera_frame(pose, R[:1], T)
+    with pytest.raises(ValueError, match="rotation"):
+        to_camera_frame(pose, torch.eye(3), T)
+    with pytest.raises(ValueError, match=r"translation: expected shape \(2, 3\)"):
+        to_camera_frame(pose, R, T[:, None])
+    with pytest.raises(TypeError, match="translation.*float64"):
+        to_camera_frame(pose, R, T.double())
+    with pytest.raises(TypeError, match="rotation.*floating"):
+        to_camera_frame(pose, R.long(), T)
+    with pytest.raises(TypeError, match="translation: expected a torch.Tensor"):
+        to_camera_frame(pose, R, [0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="pose_parameters: expected a torch.Tensor"):
+        to_camera_frame(pose.numpy(), R, T)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_cuda_skeleton_and_camera_frame(bm, clips):
+    gpu = body_model("cuda")
+    pose, ph = _clip_poses(bm, {"135_06": clips["135_06"]}, 3, seed=30)
+    gen = torch.Generator().manual_seed(31)
+    R, T = _random_rotations((3,), gen), torch.randn(3, 3, generator=gen)
+    cam = to_camera_frame(pose.cuda(), R.cuda(), T.cuda())
+    assert cam.device.type == "cuda"
+    with torch.no_grad():
+        sk_gpu = gpu.skeleton(cam, ph.cuda())
+        out_gpu = gpu(cam, ph.cuda())
+        sk = bm.skeleton(to_camera_frame(pose, R, T), ph)
+    assert sk_gpu.joints.device.type == "cuda"
+    assert _skeleton_error(out_gpu, sk_gpu) < 1e-5
+    for a, b in zip(sk_gpu, sk):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="device"):
+        gpu.skeleton(pose, ph.cuda())
+    with pytest.raises(ValueError, match="translation: on device"):
+        to_camera_frame(pose, R, T.cuda())

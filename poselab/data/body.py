@@ -77,11 +77,19 @@ Outputs
 * 17 COCO keypoints (:data:`~poselab.data.skeleton.COCO17` order) from Anny's keypoint regressor
   (a fixed linear combination of vertices, so differentiable);
 * the posed bone heads and tails.
+
+:meth:`BodyModel.skeleton` gives the joints and the posed bone heads and tails without skinning the
+mesh: forward kinematics on each body's rest skeleton, equal to :meth:`BodyModel.forward`'s to float
+round-off and over ten times cheaper, for losses on joints only (differentiable to any order; see its
+docstring for ``torch.func.vmap``). :func:`to_camera_frame` rewrites the root's pose parameter so
+that Anny's outputs come out in a camera frame instead of Anny's world frame: Anny is equivariant, so
+changing the root alone moves every posed point ``p`` to ``R p + T``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 
@@ -97,9 +105,11 @@ __all__ = [
     "PHENOTYPE_RANGES",
     "BodyModel",
     "BodyOutput",
+    "Skeleton",
     "body_model",
     "bvh_in_anny_frame",
     "bvh_to_anny_axes",
+    "to_camera_frame",
 ]
 
 BODY_DOMAINS = ("synthetic", "realistic")
@@ -220,6 +230,24 @@ class BodyOutput:
         return BodyOutput(**{f.name: torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(BodyOutput)})
 
 
+class Skeleton(NamedTuple):
+    """Posed skeletons without the mesh (:meth:`BodyModel.skeleton`), in the frame of the pose
+    parameters' root (Anny's world frame, or a camera frame after :func:`to_camera_frame`), metres.
+
+    A ``NamedTuple`` rather than a dataclass so that ``torch.func`` transforms (``vmap``,
+    ``jacrev``) can return it: named tuples are pytrees.
+
+    Attributes:
+        joints: ``(B, 17, 3)`` :data:`~poselab.data.skeleton.H36M17` joints, as :attr:`BodyOutput.joints`.
+        bone_heads: ``(B, 31, 3)`` posed bone heads, Anny's bone order (:attr:`BodyModel.bone_names`).
+        bone_tails: ``(B, 31, 3)`` posed bone tails, same order.
+    """
+
+    joints: torch.Tensor
+    bone_heads: torch.Tensor
+    bone_tails: torch.Tensor
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 
@@ -297,6 +325,19 @@ class BodyModel:
         )
         self._head_bone = head_bone
 
+        # Forward kinematics by depth level (10 levels for 31 bones): the bones of each level, each
+        # one's parent's position within the level before, and the permutation back to bone order.
+        depth = [0] * len(self.parents)
+        for c in range(1, len(self.parents)):
+            depth[c] = depth[self.parents[c]] + 1
+        levels = [[c for c in range(len(depth)) if depth[c] == k] for k in range(max(depth) + 1)]
+        self._fk_levels = [
+            (torch.tensor(level, device=self.device),
+             torch.tensor([levels[k - 1].index(self.parents[c]) for c in level], device=self.device))
+            for k, level in enumerate(levels) if k > 0
+        ]  # fmt: skip
+        self._fk_inverse = torch.argsort(torch.tensor([c for level in levels for c in level])).to(self.device)
+
         # Clothing regions from the dominant skinning bone.
         region_of_bone = torch.empty(len(self.bone_names), dtype=torch.long)
         for r, region in enumerate(REGIONS):
@@ -327,6 +368,15 @@ class BodyModel:
                 f"{arg}: on device {x.device} but the body model is on {self.device}; move it "
                 f"({arg}.to(model.device)) or use body_model(device={str(x.device)!r})"
             )
+
+    def _check_pose(self, pose_parameters) -> None:
+        """``(B, 31, 4, 4)`` or ``(B, 31, 3, 4)`` pose parameters in the model's dtype and device."""
+        n = len(self.bone_names)
+        if isinstance(pose_parameters, torch.Tensor) and tuple(pose_parameters.shape[1:]) not in ((n, 4, 4), (n, 3, 4)):
+            raise ValueError(
+                f"pose_parameters: expected shape (B, {n}, 4, 4) or (B, {n}, 3, 4), got {tuple(pose_parameters.shape)}"
+            )
+        self._check_tensor("pose_parameters", pose_parameters, ("B", n, None, 4))
 
     @staticmethod
     def _check_motion(motion) -> None:
@@ -527,16 +577,73 @@ class BodyModel:
         self._check_tensor("phenotypes", phenotypes, (pose_parameters.shape[0], len(PHENOTYPES)))
         out = self._anny(pose_parameters=pose_parameters, phenotype_kwargs=phenotypes, return_bone_ends=True)
         heads, tails = out["bone_heads"], out["bone_tails"]
-        points = torch.cat([heads, tails[:, self._head_bone : self._head_bone + 1]], dim=1)  # (B, 32, 3)
         return BodyOutput(
             vertices=out["vertices"],
-            joints=points[:, self._joint_index],
+            joints=self._h36m_joints(heads, tails),
             keypoints=self._keypoints(out),
             bone_heads=heads,
             bone_tails=tails,
         )
 
     __call__ = forward
+
+    def _h36m_joints(self, heads: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+        """``(B, 17, 3)`` H36M17 joints from ``(B, 31, 3)`` posed bone heads and tails."""
+        points = torch.cat([heads, tails[:, self._head_bone : self._head_bone + 1]], dim=1)  # (B, 32, 3)
+        return points[:, self._joint_index]
+
+    def skeleton(self, pose_parameters: torch.Tensor, phenotypes: torch.Tensor) -> Skeleton:
+        """The posed joints and bone ends of :meth:`forward`, without skinning the mesh.
+
+        Forward kinematics on each body's rest skeleton, in Anny's ``local-ref`` convention (module
+        docstring): with ``[D_c | d_c]`` the top 3x4 block of bone ``c``'s parameter and ``p`` its
+        parent, the bone's world rotation change is ``G_c = G_p D_c`` (``G_root = D_root``), and::
+
+            head_root = d_root
+            head_c    = head_p + G_p (rest_head_c - rest_head_p + d_c)
+            tail_c    = head_c + G_c (rest_tail_c - rest_head_c)
+
+        (``d_c`` of a non-root bone is 0 in :meth:`pose_parameters`; Anny reads it, so it is kept
+        here too.) The result equals :meth:`forward`'s ``joints``, ``bone_heads`` and ``bone_tails``
+        to float round-off (measured 1e-6 m in float32, 2e-15 m in float64, for clip poses and for
+        arbitrary parameters) at a fraction of its cost, since the 13,718 vertices are never skinned
+        (B = 64, float32, one CPU thread: 11 ms forward + backward against 200 ms). Batched over
+        bodies; a loop over the 10 depth levels of the bone tree. Differentiable in both inputs, to
+        any order (``create_graph=True`` works).
+
+        ``torch.func.vmap``: vmapping over the pose works when the phenotype is shared (closed over
+        or passed with ``in_dims=None``), including ``vmap(grad(...))``; call it with a batch of one
+        inside, e.g. ``vmap(lambda p: model.skeleton(p[None], ph1).joints[0])(poses)`` with ``ph1``
+        ``(1, 6)``. Vmapping over the phenotypes fails inside anny (0.6.2), whose phenotype code
+        writes in place (``RuntimeError: vmap: index_put_ ...``): pass batched phenotypes natively.
+
+        Args:
+            pose_parameters: ``(B, 31, 4, 4)`` or ``(B, 31, 3, 4)`` pose parameters (e.g. from
+                :meth:`pose_parameters`, or the ``(N, 31, 3, 4)`` ``pose`` of
+                :class:`~poselab.data.images.PersonImages`); only the top 3x4 blocks are read.
+            phenotypes: ``(B, 6)`` body shapes, :data:`PHENOTYPES` order.
+            Both in the model's dtype and on its device.
+
+        Returns:
+            :class:`Skeleton` (metres), in the frame the root's parameter places the body in: Anny's
+            world frame, or a camera frame after :func:`to_camera_frame`.
+        """
+        self._check_pose(pose_parameters)
+        self._check_tensor("phenotypes", phenotypes, (pose_parameters.shape[0], len(PHENOTYPES)))
+        rest_heads, rest_tails = self._rest_skeleton(phenotypes)
+        D, d = pose_parameters[..., :3, :3], pose_parameters[..., :3, 3]  # (B, 31, 3, 3), (B, 31, 3)
+        # Head offsets from the parent in the rest pose, plus the parameter's translation; for the
+        # root (its own parent here) this is d_root, the pelvis position.
+        offsets = rest_heads - rest_heads[:, self._parent_or_root] + d
+        rotations, heads = [D[:, :1]], [d[:, :1]]  # the root level: G_root = D_root, head = d_root
+        for bones, parent in self._fk_levels:
+            parent_rot, parent_head = rotations[-1][:, parent], heads[-1][:, parent]
+            heads.append(parent_head + (parent_rot @ offsets[:, bones, :, None])[..., 0])
+            rotations.append(parent_rot @ D[:, bones])
+        G = torch.cat(rotations, dim=1)[:, self._fk_inverse]  # (B, 31, 3, 3), bone order
+        bone_heads = torch.cat(heads, dim=1)[:, self._fk_inverse]
+        bone_tails = bone_heads + (G @ (rest_tails - rest_heads)[..., None])[..., 0]
+        return Skeleton(self._h36m_joints(bone_heads, bone_tails), bone_heads, bone_tails)
 
     def pose_motion(
         self, motion: Motion, frames: torch.Tensor, phenotypes: torch.Tensor, batch_size: int = 64
@@ -613,3 +720,55 @@ def bvh_in_anny_frame(motion: Motion, frames: torch.Tensor) -> torch.Tensor:
     )
     return joints @ bvh_to_anny_axes(joints.dtype, joints.device).T
 
+
+def to_camera_frame(pose_parameters: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """Pose parameters that pose the same bodies in a camera frame instead of Anny's world frame.
+
+    Anny's posing is equivariant: the root's parameter ``[D_root | d_root]`` is the pelvis'
+    world pose and every other bone follows it, so replacing it by ``[R D_root | R d_root + T]``
+    moves every posed point ``p`` (vertices, joints, keypoints, bone ends) to ``R p + T``. Only the
+    root's block changes. (This holds for any 3x3 ``R``, since skinning weights sum to one; a
+    rotation keeps the parameters a rigid pose. Anny's COCO keypoint weights sum to one only to
+    1.3e-7, so keypoints follow to about 1e-4 m in float32 at a few metres from the camera.)
+
+    Args:
+        pose_parameters: ``(B, 31, 4, 4)`` or ``(B, 31, 3, 4)`` Anny pose parameters, Anny world frame.
+        rotation: ``(B, 3, 3)`` world -> camera rotation ``R`` (e.g. ``PersonImages.rotation``).
+        translation: ``(B, 3)`` world -> camera translation ``T`` in metres (``PersonImages.translation``).
+        All floating point, one dtype and one device.
+
+    Returns:
+        Pose parameters of the input's shape (``4x4`` or ``3x4`` blocks), differentiable in all
+        three inputs; feed them to :meth:`BodyModel.skeleton` or :meth:`BodyModel.forward` (which
+        needs ``4x4``) with the same phenotypes to get outputs in the camera frame (metres).
+    """
+    tensors = {"pose_parameters": pose_parameters, "rotation": rotation, "translation": translation}
+    for arg, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{arg}: expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{arg}: expected a floating-point tensor, got {x.dtype}")
+    shape = tuple(pose_parameters.shape)
+    if len(shape) != 4 or shape[1:] not in ((31, 4, 4), (31, 3, 4)):
+        raise ValueError(f"pose_parameters: expected shape (B, 31, 4, 4) or (B, 31, 3, 4), got {shape}")
+    check_shape("rotation", rotation, (shape[0], 3, 3))
+    check_shape("translation", translation, (shape[0], 3))
+    for arg in ("rotation", "translation"):
+        x = tensors[arg]
+        if x.dtype != pose_parameters.dtype:
+            raise TypeError(
+                f"{arg}: dtype {x.dtype} does not match pose_parameters' {pose_parameters.dtype}; "
+                f"convert it ({arg}.to(pose_parameters.dtype))"
+            )
+        if x.device != pose_parameters.device:
+            raise ValueError(
+                f"{arg}: on device {x.device} but pose_parameters is on {pose_parameters.device}; "
+                f"move it ({arg}.to(pose_parameters.device))"
+            )
+    root = pose_parameters[:, :1]
+    rot = rotation[:, None] @ root[..., :3, :3]  # (B, 1, 3, 3)
+    shift = (rotation[:, None] @ root[..., :3, 3:]) + translation[:, None, :, None]  # (B, 1, 3, 1)
+    block = torch.cat([rot, shift], dim=-1)  # (B, 1, 3, 4)
+    if pose_parameters.shape[2] == 4:
+        block = torch.cat([block, root[:, :, 3:]], dim=-2)  # keep the input's bottom row
+    return torch.cat([block, pose_parameters[:, 1:]], dim=1)
