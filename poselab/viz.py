@@ -1,5 +1,5 @@
 """Plotly figures for the book: skeletons in 3D (with a frame slider), camera rigs, 2D views,
-images with keypoints or heatmaps drawn over them.
+images with keypoints, heatmaps or meshes drawn over them, meshes in 3D (with a step slider).
 
 Figures are plain ``plotly.graph_objects.Figure`` objects, so they render in Jupyter, on
 Colab and, with plotly.js embedded, in the offline HTML book. World points use the mocap
@@ -519,21 +519,24 @@ _IMAGE_GAP = 6  # pixels between image subplots
 _TITLE_SPACE = 20  # pixels above a subplot for its title
 
 
-def _check_images(images) -> np.ndarray:
-    """``(N, 3, H, W)`` uint8, or floats in ``[0, 1]`` (torch or NumPy) -> ``(N, H, W, 3)`` uint8."""
+def _check_images(images, arg: str = "images", shape: tuple | None = None) -> np.ndarray:
+    """``(N, 3, H, W)`` uint8, or floats in ``[0, 1]`` (torch or NumPy) -> ``(N, H, W, 3)`` uint8.
+
+    ``shape``: the exact ``(N, 3, H, W)`` expected (e.g. that of the images an overlay goes with).
+    """
     arr = _np(images)
-    check_shape("images", arr, ("N", 3, None, None))
+    check_shape(arg, arr, shape if shape is not None else ("N", 3, None, None))
     if arr.shape[0] == 0 or arr.shape[2] == 0 or arr.shape[3] == 0:
-        raise ValueError(f"images: expected at least one non-empty image, got shape {arr.shape}")
+        raise ValueError(f"{arg}: expected at least one non-empty image, got shape {arr.shape}")
     if arr.dtype == np.uint8:
         out = arr
     elif np.issubdtype(arr.dtype, np.floating):
         lo, hi = float(arr.min()), float(arr.max())
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"images: expected float values in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
+            raise ValueError(f"{arg}: expected float values in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
         out = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
-        raise TypeError(f"images: expected uint8 or floats in [0, 1], got dtype {arr.dtype}")
+        raise TypeError(f"{arg}: expected uint8 or floats in [0, 1], got dtype {arr.dtype}")
     return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
@@ -547,16 +550,20 @@ def _check_titles(titles, n: int) -> list[str] | None:
 
 
 def _image_grid(n: int, height: int, width: int, cols: int, scale: float, titles: list[str] | None,
-                title: str, extra_right: int = 0, extra_bottom: int = 0) -> go.Figure:
+                title: str, extra_right: int = 0, extra_bottom: int = 0, extra_left: int = 0,
+                header: bool = False) -> go.Figure:
     """Empty subplots for ``n`` images of ``height x width`` pixels shown at ``scale`` screen pixels
-    per image pixel, with fixed pixel gaps, square pixels and hidden axes (y down)."""
+    per image pixel, with fixed pixel gaps, square pixels and hidden axes (y down).
+
+    ``header``: only the first row has titles (column headers), so no title space between rows.
+    """
     if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
         raise ValueError(f"cols: expected an int >= 1, got {cols!r}")
     check_positive("scale", scale)
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))
     cell_w, cell_h = width * scale, height * scale
-    vgap = _IMAGE_GAP + (_TITLE_SPACE if titles else 0)
+    vgap = _IMAGE_GAP + (_TITLE_SPACE if titles and not header else 0)
     plot_w = cols * cell_w + (cols - 1) * _IMAGE_GAP
     plot_h = rows * cell_h + (rows - 1) * vgap
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
@@ -571,7 +578,7 @@ def _image_grid(n: int, height: int, width: int, cols: int, scale: float, titles
     if titles:
         fig.update_annotations(font_size=11)
     top = (40 if title else 8) + (_TITLE_SPACE if titles else 0)
-    margin = dict(l=8, r=8 + extra_right, t=top, b=8 + extra_bottom)
+    margin = dict(l=8 + extra_left, r=8 + extra_right, t=top, b=8 + extra_bottom)
     fig.update_layout(title=title, width=int(round(plot_w + margin["l"] + margin["r"])),
                       height=int(round(plot_h + margin["t"] + margin["b"])), margin=margin,
                       plot_bgcolor="rgba(0,0,0,0)")
@@ -795,4 +802,264 @@ def heatmap_overlay_figure(images, heatmaps, titles: Sequence[str] | None = None
                                  colorbar=dict(title=dict(text="heatmap", side="right"), thickness=12, len=0.9,
                                                x=1.0, xanchor="left", xpad=8),
                                  name=label, hovertemplate=f"{label}: %{{z:.2f}}<extra></extra>"), r, c)
+    return fig
+
+
+# ------------------------------------------------------------------------ meshes
+
+
+def _check_overlays(overlays, shape: tuple) -> dict[str, np.ndarray]:
+    """``{label: (N, 3, H, W)}`` images of ``shape`` -> ``{label: (N, H, W, 3) uint8}``."""
+    if not isinstance(overlays, dict) or not overlays:
+        got = "an empty dict" if isinstance(overlays, dict) else type(overlays).__name__
+        raise ValueError(f"overlays: expected a non-empty dict {{label: (N, 3, H, W) images}}, got {got}")
+    out = {}
+    for label, value in overlays.items():
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"overlays: labels must be non-empty strings, got {label!r}")
+        out[label] = _check_images(value, f"overlays[{label!r}]", shape)
+    return out
+
+
+def _row_titles(fig: go.Figure, titles: list[str], cols: int) -> None:
+    """One title per row, rotated, left of the row's first subplot."""
+    for r, text in enumerate(titles):
+        x_domain = fig.layout[f"xaxis{r * cols + 1 if r * cols else ''}"].domain
+        y_domain = fig.layout[f"yaxis{r * cols + 1 if r * cols else ''}"].domain
+        fig.add_annotation(text=text, xref="paper", yref="paper", x=x_domain[0], y=sum(y_domain) / 2,
+                           xanchor="right", yanchor="middle", xshift=-4, textangle=-90, showarrow=False,
+                           font=dict(size=11))
+
+
+def mesh_overlay_figure(images, overlays: dict, titles: Sequence[str] | None = None, scale: float = 2,
+                        title: str = "") -> go.Figure:
+    """Input crops next to meshes drawn over them, one row per image, one column per overlay.
+
+    For comparing recovered meshes on their images, e.g. the regressor's mesh, the mesh after a
+    few test-time optimisation steps and the ground truth, each drawn over the crop with
+    :func:`poselab.data.render.overlay_mesh`. The first column is the input crop, then one
+    column per label in dict order, headed by the label. Images follow the pixel convention of
+    :func:`image_grid_figure` (square pixels, y down, no axes). A static figure (plain plotly):
+    it works in the rendered book without a kernel.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8, or floats in ``[0, 1]``; torch or NumPy.
+        overlays: ``{label: (N, 3, H, W)}`` images of the same shape, e.g.
+            ``{"regression": a, "after 5 TTO steps": b, "ground truth": c}``.
+        titles: ``N`` row titles (e.g. ``"sample 3"``), written left of each row; ``None`` for none.
+        scale: screen pixels per image pixel.
+        title: the figure title.
+
+    Returns:
+        A ``go.Figure`` with ``N (1 + len(overlays))`` ``go.Image`` traces, row by row (the input,
+        then the overlays in dict order); column headers ``"input"`` and the labels.
+    """
+    pixels = _check_images(images)
+    arrays = _check_overlays(overlays, (pixels.shape[0], 3, *pixels.shape[1:3]))
+    n, height, width = pixels.shape[:3]
+    titles = _check_titles(titles, n)
+    cols = 1 + len(arrays)
+    headers = ["input", *arrays] + [""] * (n - 1) * cols
+    fig = _image_grid(n * cols, height, width, cols, scale, headers, title, extra_left=22 if titles else 0,
+                      header=True)
+    for i in range(n):
+        for c, img in enumerate([pixels[i], *(a[i] for a in arrays.values())]):
+            _add_image(fig, img, i + 1, c + 1)
+    if titles:
+        _row_titles(fig, titles, cols)
+    return fig
+
+
+MESH_COLOURS = ("#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+"""Colours of :func:`mesh_steps_figure`'s meshes, one per label in dict order (green is kept for
+the reference); they repeat after eight labels."""
+
+REFERENCE_COLOUR = "#2ca02c"
+REFERENCE_OPACITY = 0.35
+"""The reference mesh of :func:`mesh_steps_figure`: semi-transparent green."""
+
+
+def _check_mesh_steps(vertices) -> dict[str, np.ndarray]:
+    """``(S, V, 3)`` or ``{label: (S, V, 3)}`` (equal shapes, S >= 1) -> ``{label: float64 array}``."""
+    given = vertices if isinstance(vertices, dict) else {"mesh": vertices}
+    if not given:
+        raise ValueError("vertices: expected an (S, V, 3) array or a non-empty dict {label: (S, V, 3)}, got {}")
+    arrays: dict[str, np.ndarray] = {}
+    for label, value in given.items():
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"vertices: labels must be non-empty strings, got {label!r}")
+        arg = f"vertices[{label!r}]" if isinstance(vertices, dict) else "vertices"
+        arr = _np(value).astype(np.float64)
+        check_shape(arg, arr, (None, None, 3))
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"{arg}: expected at least one step and one vertex, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{arg}: expected finite values, got NaN or infinity")
+        arrays[label] = arr
+    first = next(iter(arrays))
+    shapes = {label: a.shape for label, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{label!r} {shape}" for label, shape in shapes.items())
+        raise ValueError(f"vertices: expected every entry to have the shape of {first!r} {shapes[first]}, got {desc}")
+    return arrays
+
+
+def _check_mesh_faces(faces, num_vertices: int) -> np.ndarray:
+    arr = _np(faces)
+    check_shape("faces", arr, (None, 3))
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"faces: expected integer vertex indices, got dtype {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise ValueError("faces: expected at least one face, got none")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_vertices:
+        raise ValueError(f"faces: vertex indices must lie in [0, {num_vertices - 1}], got values in [{lo}, {hi}]")
+    return arr.astype(np.int64)
+
+
+def _compact(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vertices that ``faces`` use, and the faces re-indexed into them, in the smallest integer
+    type (plotly stores arrays as typed binary, so int16 halves the indices of a body mesh)."""
+    used, inverse = np.unique(faces, return_inverse=True)
+    dtype = np.int16 if len(used) <= np.iinfo(np.int16).max else np.int32
+    return used, inverse.reshape(-1, 3).astype(dtype)
+
+
+def _cluster(points: np.ndarray, faces: np.ndarray, cell: float) -> np.ndarray:
+    """Vertex clustering on a grid of cubes of side ``cell`` (metres): the vertices of a cube merge
+    into one of them (the nearest to their mean); faces that collapse are dropped, duplicates kept once.
+
+    Returns ``(F', 3)`` faces into the original vertices (only representatives are used).
+    """
+    keys = np.floor((points - points.min(axis=0)) / cell).astype(np.int64)
+    dims = keys.max(axis=0) + 1
+    _, cell_of = np.unique((keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2], return_inverse=True)
+    cell_of = cell_of.ravel()
+    counts = np.bincount(cell_of)
+    mean = np.stack([np.bincount(cell_of, points[:, d]) for d in range(3)], axis=1) / counts[:, None]
+    dist = ((points - mean[cell_of]) ** 2).sum(axis=1)
+    order = np.lexsort((dist, cell_of))  # by cell, nearest first
+    nearest = order[np.r_[0, np.flatnonzero(np.diff(cell_of[order])) + 1]]
+    merged = nearest[cell_of][faces]
+    merged = merged[(merged[:, 0] != merged[:, 1]) & (merged[:, 1] != merged[:, 2]) & (merged[:, 0] != merged[:, 2])]
+    ordered = np.sort(merged, axis=1)
+    n = len(points)
+    _, first = np.unique((ordered[:, 0] * n + ordered[:, 1]) * n + ordered[:, 2], return_index=True)
+    return merged[np.sort(first)]
+
+
+def _decimate(points: np.ndarray, faces: np.ndarray, max_faces: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_faces`` faces by vertex clustering (:func:`_cluster` on ``points`` ``(V, 3)``,
+    the cube side found by bisection: the largest face count <= ``max_faces``), or every face.
+
+    Returns ``(used vertex indices (U,), faces (F', 3) into them)``, as :func:`_compact`.
+    """
+    if max_faces is not None and (not isinstance(max_faces, int) or isinstance(max_faces, bool) or max_faces < 1):
+        raise ValueError(f"max_faces: expected an int >= 1 or None, got {max_faces!r}")
+    if max_faces is None or len(faces) <= max_faces:
+        return _compact(faces)
+    lo, hi = 0.0, float(np.ptp(points, axis=0).max())  # a cube of side hi (nearly) merges everything
+    best = faces[:: -(-len(faces) // max_faces)]  # fallback when no clustering fits: every k-th face
+    found = False
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        if mid <= 0:
+            break
+        kept = _cluster(points, faces, mid)
+        if len(kept) > max_faces:
+            lo = mid
+            continue
+        hi = mid
+        if len(kept) and (not found or len(kept) > len(best)):
+            best, found = kept, True
+    return _compact(best)
+
+
+def _mesh_xyz(vertices: np.ndarray) -> dict:
+    """Camera-frame ``(U, 3)`` -> plot axes (upright: :func:`camera_to_upright`), float32 x, y, z."""
+    p = _to_plot_axes(camera_to_upright(vertices)).astype(np.float32)
+    return dict(x=p[:, 0], y=p[:, 1], z=p[:, 2])
+
+
+def mesh_steps_figure(vertices, faces, reference=None, title: str = "", max_faces: int | None = None,
+                      step_labels: Sequence[str] | None = None, reference_name: str = "reference") -> go.Figure:
+    """Meshes in 3D with a slider over steps, e.g. a body mesh over test-time optimisation steps.
+
+    Each label is one ``go.Mesh3d`` in its own colour (:data:`MESH_COLOURS`, legend by label);
+    the slider moves every label to step ``s`` (plotly frames that carry only the vertex
+    positions; the faces stay in the figure's traces). An optional ``reference`` mesh (e.g. the
+    ground truth) stays fixed, semi-transparent green (:data:`REFERENCE_COLOUR`). Camera-frame
+    meshes are drawn upright (:func:`camera_to_upright`), seen from the camera's side, in a scene
+    with equal metric axes that holds every step, so the slider does not rescale it. A static
+    figure: it works in the rendered book without a kernel (step 0 shown, slider live).
+
+    Size: the figure stores ``(S L + L + 1) U`` float32 vertex positions (``L`` labels, ``U``
+    vertices, frames plus traces plus the reference) and ``L + 1`` face lists, as base64 typed
+    arrays. For an Anny body (13,718 vertices, 27,420 faces), 6 steps, 2 labels and a reference,
+    ``len(fig.to_json())`` is 4.3 MB with every face (the default), 1.5 MB with
+    ``max_faces=10000``, 0.75 MB with ``max_faces=5000`` (the body still reads well) and 0.3 MB
+    with ``max_faces=2000``.
+
+    Args:
+        vertices: ``(S, V, 3)`` metres, camera frame (OpenCV: x right, y down, z forward), or
+            ``{label: (S, V, 3)}`` of equal shapes, e.g. ``{"from the regressor": a, "from the
+            mean pose": b}``; torch or NumPy. A bare array is labelled ``"mesh"``.
+        faces: ``(F, 3)`` integer vertex indices.
+        reference: ``None`` or ``(V, 3)`` metres, camera frame, a mesh shown at every step.
+        title: the figure title.
+        max_faces: ``None`` draws every face. An int simplifies the mesh to at most ``max_faces``
+            faces by vertex clustering (Rossignac and Borrel, 1993): the vertices in each cube of
+            a grid merge into one of them (the nearest to their mean), collapsed faces go; the
+            cube side is found by bisection, keeping the most faces it met that are at most
+            ``max_faces`` (where no grid fits, every ``ceil(F / max_faces)``-th face). The
+            clustering is computed once, on the first label's step 0, and applied to every step,
+            label and the reference, so every drawn point is an exact vertex of its mesh and the
+            steps keep one connectivity. Thin parts (fingers) merge first. The page shrinks
+            about in proportion to the faces kept.
+        step_labels: ``S`` slider labels (e.g. the TTO iteration of each step); default
+            ``"0"`` .. ``"S-1"``.
+        reference_name: the reference's legend entry (e.g. ``"ground truth"``).
+
+    Returns:
+        A ``go.Figure``: one ``Mesh3d`` per label (step 0), then the reference's; ``S`` frames and
+        slider steps.
+    """
+    arrays = _check_mesh_steps(vertices)
+    num_steps, num_vertices = next(iter(arrays.values())).shape[:2]
+    tri = _check_mesh_faces(faces, num_vertices)
+    if reference is not None:
+        reference = _np(reference).astype(np.float64)
+        check_shape("reference", reference, (num_vertices, 3))
+        if not np.isfinite(reference).all():
+            raise ValueError("reference: expected finite values, got NaN or infinity")
+    if step_labels is None:
+        step_labels = [str(s) for s in range(num_steps)]
+    elif isinstance(step_labels, str) or len(step_labels) != num_steps:
+        got = "a string" if isinstance(step_labels, str) else f"{len(step_labels)} labels"
+        raise ValueError(f"step_labels: expected one label per step ({num_steps}), got {got}")
+    used, tri = _decimate(next(iter(arrays.values()))[0], tri, max_faces)
+    ijk = dict(i=tri[:, 0], j=tri[:, 1], k=tri[:, 2])
+    lighting = dict(ambient=0.45, diffuse=0.8, specular=0.15, roughness=0.7)
+    traces = [go.Mesh3d(**_mesh_xyz(a[0, used]), **ijk, name=label, legendgroup=label, showlegend=True,
+                        color=MESH_COLOURS[n % len(MESH_COLOURS)], flatshading=False, lighting=lighting,
+                        hoverinfo="name")
+              for n, (label, a) in enumerate(arrays.items())]
+    if reference is not None:
+        traces.append(go.Mesh3d(**_mesh_xyz(reference[used]), **ijk, name=reference_name, showlegend=True,
+                                color=REFERENCE_COLOUR, opacity=REFERENCE_OPACITY, lighting=lighting,
+                                hoverinfo="name"))
+    fig = go.Figure(data=traces)
+    moving = list(range(len(arrays)))
+    fig.frames = [go.Frame(data=[go.Mesh3d(**_mesh_xyz(a[s, used])) for a in arrays.values()], traces=moving,
+                           name=str(s)) for s in range(num_steps)]
+    steps = [dict(method="animate", label=str(step_labels[s]),
+                  args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
+             for s in range(num_steps)]
+    every = [a[:, used] for a in arrays.values()] + ([reference[used][None]] if reference is not None else [])
+    scene = _equal_scene(_to_plot_axes(camera_to_upright(np.concatenate(every, axis=0))), margin=0.05)
+    # Seen from the camera's side (plot -y is towards the camera), slightly from above.
+    scene["camera"] = dict(eye=dict(x=0.3, y=-1.9, z=0.4), up=dict(x=0, y=0, z=1))
+    fig.update_layout(title=title, scene=scene, height=560, margin=dict(l=0, r=0, t=40, b=0),
+                      sliders=[dict(steps=steps, active=0, currentvalue=dict(prefix="step "), pad=dict(t=20))],
+                      legend=dict(itemsizing="constant"))
     return fig

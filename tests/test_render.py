@@ -9,6 +9,7 @@ import poselab.data.render as render_module
 from poselab.data.render import (
     Fragments,
     interpolate,
+    overlay_mesh,
     point_visibility,
     rasterize,
     render_mesh,
@@ -694,3 +695,127 @@ def test_the_pipeline_runs_on_every_device_and_matches_cpu_float64(device):
     assert torch.allclose(out.rgb.cpu(), ref_out.rgb.float(), atol=1e-3)
     points = torch.tensor([[[0.0, 0.0, 2.5], [0.0, 0.0, 4.0]]], device=device)
     assert point_visibility(points, frags, *on[2:]).cpu().tolist() == [[True, False]]
+
+
+# --- overlays ----------------------------------------------------------------------------------
+
+
+def _screen_quad(u0, v0, u1, v1, z=2.0):
+    """Two triangles spanning pixels [u0, u1] x [v0, v1] at depth z (f = 1, c = 0): vertices (1, 4, 3), faces (2, 3)."""
+    return _on_screen([(u0, v0), (u1, v0), (u1, v1), (u0, v1)], z), _faces([[0, 1, 2], [0, 2, 3]])
+
+
+def _crops(B=1, H=4, W=5, seed=0):
+    return torch.rand(B, 3, H, W, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# A plane facing the camera under the overlay's light (0, -0.3, -1): n.l = 1 / sqrt(1.09).
+_FACING = 0.4 + 0.6 / math.sqrt(1.09)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_overlay_of_a_quad_covering_the_crop_blends_the_hand_computed_shaded_colour(alpha):
+    verts, faces = _screen_quad(-1.0, -1.0, 6.0, 5.0)
+    focal, center = _intrinsics()
+    images = _crops()
+    colour = (0.2, 0.5, 1.0)
+    out = overlay_mesh(images, verts, faces, focal, center, colour=colour, alpha=alpha)
+    shaded = torch.tensor(colour, dtype=torch.float64)[None, :, None, None] * _FACING
+    assert out.shape == (1, 3, 4, 5) and out.dtype == torch.float64
+    torch.testing.assert_close(out, (1 - alpha) * images + alpha * shaded.expand_as(images))
+    if alpha == 0.0:
+        assert torch.equal(out, images)
+
+
+def test_overlay_edges_blend_by_coverage():
+    # Quad edge at u = 1: with 2 x 2 sub-samples, column 0 is covered, column 1 half covered.
+    verts, faces = _screen_quad(-1.0, -1.0, 1.0, 5.0)
+    focal, center = _intrinsics()
+    images = _crops()
+    out = overlay_mesh(images, verts, faces, focal, center, colour=(1.0, 1.0, 1.0), alpha=0.8, supersample=2)
+    weight = torch.tensor([0.8, 0.4, 0.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(out, images + weight * (_FACING - images))
+    sharp = overlay_mesh(images, verts, faces, focal, center, colour=(1.0, 1.0, 1.0), alpha=0.8, supersample=1)
+    torch.testing.assert_close(sharp[..., 1:], images[..., 1:])  # column 1's centre u = 1 lies on the edge: not covered
+
+
+@pytest.mark.parametrize("where", ["behind the camera", "outside the crop"])
+def test_overlay_leaves_the_image_unchanged_where_no_mesh_is_seen(where):
+    verts, faces = _screen_quad(-1.0, -1.0, 6.0, 5.0)
+    moved = verts.clone()
+    if where == "behind the camera":
+        moved[..., 2] = -moved[..., 2]
+    else:
+        moved[..., 0] += 20.0
+    focal, center = _intrinsics(2)
+    images = _crops(2)
+    out = overlay_mesh(images, torch.cat([verts, moved]), faces, focal, center, alpha=1.0)
+    assert torch.equal(out[1], images[1])  # item 1 untouched, whatever item 0 does
+    assert not torch.allclose(out[0], images[0])
+
+
+def test_overlay_takes_uint8_images_and_follows_the_vertices_dtype():
+    verts, faces = _screen_quad(0.5, 0.5, 3.5, 2.5)
+    focal, center = _intrinsics()
+    images = (_crops() * 255).round().to(torch.uint8)
+    out = overlay_mesh(images, verts.float(), faces, focal.float(), center.float())
+    ref = overlay_mesh(images.double() / 255, verts, faces, focal, center)
+    assert out.dtype == torch.float32 and 0 <= float(out.min()) and float(out.max()) <= 1
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(images=_crops(2)), ValueError, r"images: expected shape \(1, 3, \*, \*\), got \(2, 3, 4, 5\)"),
+    (dict(images=_crops()[:, :1]), ValueError, r"images: expected shape \(1, 3"),
+    (dict(images=_crops().numpy()), TypeError, "images: expected a torch.Tensor"),
+    (dict(images=_crops().long()), TypeError, "images: expected uint8 or floats"),
+    (dict(images=_crops() * 2), ValueError, r"images: expected float values in \[0, 1\]"),
+    (dict(colour=(1.0, 0.0)), ValueError, r"colour: expected three numbers \(R, G, B\) in \[0, 1\]"),
+    (dict(colour=(1.0, 0.0, 2.0)), ValueError, "colour: expected three numbers"),
+    (dict(colour="red"), ValueError, "colour: expected three numbers"),
+    (dict(alpha=1.5), ValueError, r"alpha: expected a number in \[0, 1\]"),
+    (dict(alpha=-0.1), ValueError, "alpha: expected a finite number >= 0"),
+    (dict(supersample=0), ValueError, "supersample"),
+    (dict(vertices_cam=_screen_quad(0, 0, 1, 1)[0].long()), TypeError, "vertices_cam"),
+    (dict(focal=torch.ones(2, 2, dtype=torch.float64)), ValueError, "focal"),
+])  # fmt: skip
+def test_overlay_rejects_bad_input(kwargs, error, match):
+    verts, faces = _screen_quad(0.5, 0.5, 3.5, 2.5)
+    focal, center = _intrinsics()
+    args = {**dict(images=_crops(), vertices_cam=verts, faces=faces, focal=focal, center=center), **kwargs}
+    with pytest.raises(error, match=match):
+        overlay_mesh(**args)
+
+
+def test_overlay_of_the_ground_truth_mesh_covers_the_image_set_silhouettes():
+    from poselab.data.body import body_model, to_camera_frame
+    from poselab.data.images import render_image_set
+
+    people = render_image_set("train", "synthetic", 4, 64, seed=0, device="cpu", cache=False, progress=False)
+    people = people.subset(slice(0, 2))
+    body = body_model("cpu")
+    pose = torch.cat([people.pose, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(2, 31, 1, 4)], dim=2)
+    verts = body.forward(to_camera_frame(pose, people.rotation, people.translation), people.phenotypes).vertices
+    args = (verts, body.faces, people.focal, people.center)
+    out = overlay_mesh(people.images, *args)
+    # Coverage from the public output: over black and white images, alpha = 1, the difference is 1 - coverage.
+    black = overlay_mesh(torch.zeros(2, 3, 64, 64), *args, alpha=1.0)
+    white = overlay_mesh(torch.ones(2, 3, 64, 64), *args, alpha=1.0)
+    coverage = 1 - (white - black).mean(1)
+    covered = coverage > 0.5  # the image set's masks use the same rule
+    iou = (covered & people.masks).sum((1, 2)) / (covered | people.masks).sum((1, 2))
+    assert (iou > 0.9).all(), iou
+    changed = (out - people.float_images()).abs().amax(1) > 0
+    assert not (changed & (coverage < 1e-6)).any()  # nothing drawn where the mesh is not
+    assert changed[covered].float().mean() > 0.99
+
+
+@CUDA
+def test_overlay_on_cuda_matches_cpu():
+    verts, faces, focal, center, size = _sphere_scene(level=3, f=60.0, size=32, seed=1)
+    images = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    ref = overlay_mesh(images, verts.float(), faces, focal.float(), center.float())
+    on = [x.to("cuda") for x in (images, verts.float(), faces, focal.float(), center.float())]
+    out = overlay_mesh(*on)
+    assert out.device.type == "cuda"
+    assert torch.allclose(out.cpu(), ref, atol=1e-3)

@@ -355,3 +355,133 @@ def test_box_figure_one_box_per_sample_and_reference_line():
         viz.box_figure({}, ylabel="y")
     with pytest.raises(ValueError, match="nose"):
         viz.box_figure({"nose": []}, ylabel="y")
+
+
+# ------------------------------------------------------------------------ meshes
+
+
+def test_mesh_overlay_figure_one_row_per_image_and_a_column_per_overlay():
+    images = _images(3)
+    overlays = {"regression": _images(3).float() / 255, "after 5 TTO steps": _images(3), "ground truth": _images(3)}
+    fig = viz.mesh_overlay_figure(images, overlays, titles=["a", "b", "c"], scale=3, title="meshes")
+    assert [t.type for t in fig.data] == ["image"] * 12
+    assert np.array_equal(fig.data[0].z, images[0].permute(1, 2, 0).numpy())  # row 0: the input, then overlays
+    assert np.array_equal(fig.data[6].z, overlays["after 5 TTO steps"][1].permute(1, 2, 0).numpy())
+    assert fig.data[5].xaxis == "x6" and fig.data[5].yaxis == "y6"  # row 1, column 1 is subplot 6
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts == ["input", "regression", "after 5 TTO steps", "ground truth", "a", "b", "c"]
+    assert [a.textangle for a in fig.layout.annotations[4:]] == [-90] * 3
+    assert fig.layout.yaxis7.range == (7.5, -0.5) and fig.layout.yaxis7.scaleanchor == "x7"  # y down, square
+    assert fig.layout.width > 4 * 8 * 3 and fig.layout.height > 3 * 8 * 3
+    bare = viz.mesh_overlay_figure(images[:1], {"x": images[:1]})
+    assert len(bare.data) == 2 and [a.text for a in bare.layout.annotations] == ["input", "x"]
+    assert bare.layout.margin.l < fig.layout.margin.l  # room for row titles only when given
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: viz.mesh_overlay_figure(_images(2), {}), "overlays: expected a non-empty dict"),
+    (lambda: viz.mesh_overlay_figure(_images(2), [_images(2)]), "overlays: expected a non-empty dict"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"a": _images(3)}),
+     r"overlays\['a'\]: expected shape \(2, 3, 8, 8\), got \(3, 3, 8, 8\)"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"a": _images(2, size=6)}), r"overlays\['a'\]: expected shape"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"a": torch.full((2, 3, 8, 8), 1.5)}),
+     r"overlays\['a'\]: expected float values in \[0, 1\]"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"": _images(2)}), "overlays: labels must be non-empty strings"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"a": _images(2)}, titles=["x"]), r"titles: expected one title"),
+    (lambda: viz.mesh_overlay_figure(torch.zeros(2, 8, 8, 3), {"a": _images(2)}), r"images: expected shape"),
+    (lambda: viz.mesh_overlay_figure(_images(2), {"a": _images(2)}, scale=0), "scale"),
+])
+def test_mesh_overlay_figure_rejects_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def _grid_mesh(n=12, steps=3, seed=0):
+    """A bumpy ``n x n`` grid surface 3 m in front of the camera, moving over ``steps`` steps:
+    vertices ``(S, n n, 3)`` camera frame, faces ``(2 (n - 1)^2, 3)``."""
+    u, v = np.meshgrid(np.linspace(-0.5, 0.5, n), np.linspace(-1.0, 1.0, n))
+    bumps = 0.1 * np.random.default_rng(seed).standard_normal(u.shape)
+    base = np.stack([u, v, 3.0 + bumps], axis=-1).reshape(-1, 3)
+    shift = np.linspace(0.0, 0.3, steps)[:, None, None] * np.array([1.0, -0.5, 0.2])
+    idx = np.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, 1:].ravel(), idx[1:, :-1].ravel()
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return base[None] + shift, faces
+
+
+def test_mesh_steps_figure_has_a_frame_and_slider_step_per_step():
+    verts, faces = _grid_mesh(steps=4)
+    fig = viz.mesh_steps_figure({"TTO": torch.from_numpy(verts), "baseline": verts + 0.1}, torch.from_numpy(faces),
+                                reference=verts[-1], reference_name="ground truth", step_labels=["0", "1", "2", "5"])
+    assert [t.type for t in fig.data] == ["mesh3d"] * 3
+    assert [t.name for t in fig.data] == ["TTO", "baseline", "ground truth"]
+    assert all(t.showlegend for t in fig.data)
+    assert fig.data[0].color != fig.data[1].color and fig.data[2].color == viz.REFERENCE_COLOUR
+    assert fig.data[2].opacity == viz.REFERENCE_OPACITY and fig.data[0].opacity is None
+    assert len(fig.data[0].i) == len(faces) and len(fig.data[0].x) == len(verts[0])
+    assert len(fig.frames) == 4 and [f.name for f in fig.frames] == ["0", "1", "2", "3"]
+    assert all(f.traces == (0, 1) and len(f.data) == 2 for f in fig.frames)  # the reference stays
+    assert fig.frames[2].data[0].i is None  # frames carry positions only; faces stay in the traces
+    slider = fig.layout.sliders[0]
+    assert [s.label for s in slider.steps] == ["0", "1", "2", "5"] and slider.active == 0
+    assert [list(s.args[0]) for s in slider.steps] == [["0"], ["1"], ["2"], ["3"]]
+    # Frame 3 holds step 3 of the second label, drawn upright: plot (x, y, z) = camera (x, z, -y).
+    np.testing.assert_allclose(fig.frames[3].data[1].z, -(verts[3] + 0.1)[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(fig.frames[3].data[1].y, (verts[3] + 0.1)[:, 2], rtol=1e-6)
+    np.testing.assert_allclose(fig.data[0].x, verts[0][:, 0], rtol=1e-6)
+
+
+def test_mesh_steps_figure_scene_is_equal_and_holds_every_step():
+    verts, faces = _grid_mesh(steps=5)
+    fig = viz.mesh_steps_figure(verts, faces)
+    assert fig.data[0].name == "mesh" and len(fig.data) == 1
+    scene = fig.layout.scene
+    ranges = np.array([scene.xaxis.range, scene.yaxis.range, scene.zaxis.range])
+    widths = ranges[:, 1] - ranges[:, 0]
+    assert scene.aspectmode == "cube" and np.allclose(widths, widths[0])
+    for frame in fig.frames:
+        points = np.stack([frame.data[0].x, frame.data[0].y, frame.data[0].z], axis=1)
+        assert (points >= ranges[:, 0]).all() and (points <= ranges[:, 1]).all()
+
+
+def test_mesh_steps_figure_max_faces_simplifies_by_vertex_clustering():
+    verts, faces = _grid_mesh(n=20, steps=3)
+    full = viz.mesh_steps_figure(verts, faces, reference=verts[0])
+    small = viz.mesh_steps_figure(verts, faces, reference=verts[0], max_faces=150)
+    i, j, k = (np.asarray(getattr(small.data[0], c)) for c in "ijk")
+    used = len(small.data[0].x)
+    assert 75 <= len(i) <= 150 and used < len(verts[0]) / 2
+    assert min(i.min(), j.min(), k.min()) >= 0 and max(i.max(), j.max(), k.max()) < used
+    assert ((i != j) & (j != k) & (i != k)).all()
+    assert all(len(f.data[0].x) == used for f in small.frames) and len(small.data[1].x) == used
+    # Every drawn point is an exact vertex of its step's mesh (representatives, not averages).
+    for s, frame in enumerate(small.frames):
+        drawn = np.stack([frame.data[0].x, frame.data[0].y, frame.data[0].z], axis=1)
+        mesh = viz._to_plot_axes(viz.camera_to_upright(verts[s])).astype(np.float32)
+        assert (np.abs(drawn[:, None] - mesh[None]).max(-1).min(1) == 0).all()
+    assert len(small.to_json()) < len(full.to_json()) / 2
+    assert len(viz.mesh_steps_figure(verts, faces, max_faces=10_000).data[0].i) == len(faces)  # fits: all kept
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda v, f: viz.mesh_steps_figure(v[0], f), r"vertices: expected shape \(\*, \*, 3\)"),
+    (lambda v, f: viz.mesh_steps_figure(v[:0], f), "vertices: expected at least one step"),
+    (lambda v, f: viz.mesh_steps_figure({}, f), "vertices: expected an"),
+    (lambda v, f: viz.mesh_steps_figure({"a": v, "b": v[:2]}, f), r"vertices: expected every entry to have the shape"),
+    (lambda v, f: viz.mesh_steps_figure({"a": v[..., :2]}, f), r"vertices\['a'\]: expected shape"),
+    (lambda v, f: viz.mesh_steps_figure({1: v}, f), "vertices: labels must be non-empty strings"),
+    (lambda v, f: viz.mesh_steps_figure(v * np.nan, f), "vertices: expected finite values"),
+    (lambda v, f: viz.mesh_steps_figure(v, f + 1), r"faces: vertex indices must lie in \[0, 143\]"),
+    (lambda v, f: viz.mesh_steps_figure(v, f[:, :2]), r"faces: expected shape \(\*, 3\)"),
+    (lambda v, f: viz.mesh_steps_figure(v, f[:0]), "faces: expected at least one face"),
+    (lambda v, f: viz.mesh_steps_figure(v, f, reference=v), r"reference: expected shape \(144, 3\)"),
+    (lambda v, f: viz.mesh_steps_figure(v, f, max_faces=0), "max_faces: expected an int >= 1 or None"),
+    (lambda v, f: viz.mesh_steps_figure(v, f, max_faces=2.5), "max_faces: expected an int >= 1 or None"),
+    (lambda v, f: viz.mesh_steps_figure(v, f, step_labels=["a"]), r"step_labels: expected one label per step \(3\)"),
+])
+def test_mesh_steps_figure_rejects_bad_input(call, match):
+    verts, faces = _grid_mesh()
+    with pytest.raises(ValueError, match=match):
+        call(verts, faces)
+    with pytest.raises(TypeError, match="faces: expected integer vertex indices"):
+        viz.mesh_steps_figure(verts, faces.astype(float))

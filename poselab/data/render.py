@@ -38,6 +38,7 @@ over buckets.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ __all__ = [
     "vertex_normals",
     "shade",
     "render_mesh",
+    "overlay_mesh",
+    "OVERLAY_COLOUR",
+    "OVERLAY_LIGHT_DIR",
+    "OVERLAY_AMBIENT",
+    "OVERLAY_DIFFUSE",
     "scale_intrinsics",
     "point_visibility",
 ]
@@ -648,6 +654,97 @@ def render_mesh(
     summed = nnf.avg_pool2d(rgb, s)  # rgb is zero where not covered
     rgb = torch.where(coverage[:, None] > 0, summed / coverage[:, None].clamp(min=1e-12), torch.zeros_like(summed))
     return Rendering(rgb.clamp(0.0, 1.0), coverage > 0.5, coverage, frags, s)
+
+
+# --- overlays -------------------------------------------------------------------------------
+
+OVERLAY_COLOUR = (0.55, 0.7, 0.95)
+"""RGB in ``[0, 1]`` of :func:`overlay_mesh`'s meshes (light blue: stands out on skin and clothing)."""
+
+OVERLAY_LIGHT_DIR = (0.0, -0.3, -1.0)
+"""Camera-frame direction towards :func:`overlay_mesh`'s light: at the camera, slightly above it
+(y is down), so every visible surface is lit and the shading follows the surface's slant."""
+
+OVERLAY_AMBIENT = 0.4
+OVERLAY_DIFFUSE = 0.6
+"""Ambient and diffuse weights of :func:`overlay_mesh`: a surface facing the light gets the full
+colour, one at a grazing angle 40 % of it."""
+
+
+def _check_images(images, B: int, like: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8, or floats in ``[0, 1]``, on ``like``'s device -> floats of ``like``'s dtype."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images: expected a torch.Tensor, got {type(images).__name__}")
+    check_shape("images", images, (B, 3, None, None))
+    _check_same_device("images", images, like, "vertices_cam")
+    if images.dtype == torch.uint8:
+        return images.to(like.dtype) / 255.0
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected uint8 or floats in [0, 1], got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0 or hi > 1.0:
+            raise ValueError(f"images: expected float values in [0, 1] (or uint8), got values in [{lo:.3g}, {hi:.3g}]")
+    return images.to(like.dtype)
+
+
+def _check_colour(colour, like: torch.Tensor) -> torch.Tensor:
+    """One RGB colour (three numbers in ``[0, 1]``) -> a ``(3,)`` tensor on ``like``'s device and dtype."""
+    try:
+        rgb = torch.as_tensor(colour, dtype=like.dtype).to(like.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"colour: expected three numbers (R, G, B) in [0, 1], got {colour!r}") from exc
+    if rgb.shape != (3,) or not bool(torch.isfinite(rgb).all()) or bool((rgb < 0).any() | (rgb > 1).any()):
+        raise ValueError(f"colour: expected three numbers (R, G, B) in [0, 1], got {colour!r}")
+    return rgb
+
+
+def overlay_mesh(
+    images: torch.Tensor,
+    vertices_cam: torch.Tensor,
+    faces: torch.Tensor,
+    focal: torch.Tensor,
+    center: torch.Tensor,
+    colour=OVERLAY_COLOUR,
+    alpha: float = 0.6,
+    supersample: int = 2,
+) -> torch.Tensor:
+    """Meshes drawn semi-transparently over their images, e.g. a recovered body over its input crop.
+
+    Each mesh is rendered with :func:`render_mesh` in one plain colour, lit by
+    :data:`OVERLAY_LIGHT_DIR` with :data:`OVERLAY_AMBIENT` and :data:`OVERLAY_DIFFUSE` (no
+    specular, two-sided, no back-face culling, so either winding works) and blended over the image
+    with weight ``alpha * coverage``: ``out = (1 - w) image + w shaded``. Anti-aliased edges come
+    from ``coverage`` (``supersample`` sub-samples per pixel side); where nothing is covered (a mesh
+    behind the camera, outside the crop) the image is returned unchanged.
+
+    Args:
+        images: ``(B, 3, H, W)`` uint8, or floats in ``[0, 1]``, on the vertices' device.
+        vertices_cam: ``(B, V, 3)`` metres, camera frame (OpenCV: x right, y down, z forward),
+            float32 or float64.
+        faces: ``(F, 3)`` long vertex indices shared by the batch.
+        focal, center: ``(B, 2)`` pixels, the images' intrinsics.
+        colour: three numbers ``(R, G, B)`` in ``[0, 1]`` (:data:`OVERLAY_COLOUR`).
+        alpha: opacity of a fully covered pixel, in ``[0, 1]``.
+        supersample: int >= 1, as in :func:`render_mesh`.
+    Returns:
+        ``(B, 3, H, W)`` floats in ``[0, 1]`` of the vertices' dtype and device.
+    """
+    _check_float_tensor("vertices_cam", vertices_cam)
+    check_shape("vertices_cam", vertices_cam, ("B", None, 3))
+    B, V, _ = vertices_cam.shape
+    base = _check_images(images, B, vertices_cam)
+    rgb = _check_colour(colour, vertices_cam)
+    check_positive("alpha", alpha, allow_zero=True)
+    if alpha > 1:
+        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    light = torch.tensor(OVERLAY_LIGHT_DIR, dtype=vertices_cam.dtype, device=vertices_cam.device).expand(B, 3)
+    rendering = render_mesh(
+        vertices_cam, faces, focal, center, tuple(base.shape[2:]), rgb.expand(B, V, 3), light,
+        OVERLAY_AMBIENT, OVERLAY_DIFFUSE, supersample=supersample,
+    )
+    weight = (alpha * rendering.coverage)[:, None]  # (B, 1, H, W); exactly 0 where nothing is covered
+    return (base * (1 - weight) + rendering.rgb * weight).clamp(0.0, 1.0)
 
 
 # --- visibility -----------------------------------------------------------------------------
