@@ -39,7 +39,7 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     entries = report["entries"]
     assert set(entries) == {"bvh_parsing", "forward_kinematics", "lifting_data_build", "lifter_train_step",
                             "ensemble_train_step", "hessian_vector_product", "seal_train_step", "image_rendering",
-                            "heatmap_train_step", "hamipose_train_step"}
+                            "heatmap_train_step", "hamipose_train_step", "meta_tto_train_step"}
     from poselab.models.lifting import LIFTERS
 
     assert set(entries["lifter_train_step"]) == set(LIFTERS)
@@ -58,6 +58,8 @@ def test_bench_reports_every_entry_as_positive_numbers(capsys):
     ham = entries["hamipose_train_step"]
     assert set(ham) == {"plain_ms", "mean_teacher_ms", "hamipose_ms", "ratio", "target"}
     assert ham["ratio"] == pytest.approx(ham["hamipose_ms"] / ham["plain_ms"])
+    meta = entries["meta_tto_train_step"]
+    assert set(meta) == {"vectorised_ms", "loop_ms", "speedup", "target"} and "5x" in meta["target"]
     notes = {name: e.pop("target") for name, e in entries.items() if "target" in e}  # strings, not timings
     assert all(isinstance(n, str) and n for n in notes.values())
     flat = [v for e in entries.values() for v in (e.values() if not isinstance(next(iter(e.values())), dict)
@@ -76,6 +78,17 @@ def test_bench_seal_step_times_both_steps():
         assert out["ratio"] == pytest.approx(out["seal_ms"] / out["plain_ms"])
     with pytest.raises(ValueError, match="repeats: expected an int >= 1"):
         bench_seal_step("cpu", repeats=0)
+
+
+def test_bench_meta_step_times_both_steps():
+    from poselab.bench import bench_meta_step
+
+    out = bench_meta_step("cpu", repeats=1, batch=3)
+    assert set(out) == {"vectorised_ms", "loop_ms", "speedup"}
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in out.values())
+    assert out["speedup"] == pytest.approx(out["loop_ms"] / out["vectorised_ms"])
+    with pytest.raises(ValueError, match="repeats: expected an int >= 1"):
+        bench_meta_step("cpu", repeats=0)
 
 
 def test_bench_rejects_bad_repeats():

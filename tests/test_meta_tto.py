@@ -601,3 +601,155 @@ def test_cuda_matches_cpu(data, targets, images):
     torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, atol=1e-8, rtol=1e-6)
     preds = tto(gpu, t_gpu, x.to("cuda"), gpu_body, steps=2, lr=1e-3, optimizer="adam")
     assert preds[-1].camera.device.type == "cuda"
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+MODES = [dict(use_meta=False, use_aux=False), dict(use_meta=False, use_aux=True), dict(use_meta=True, use_aux=False),
+         dict(use_meta=True, use_aux=True)]
+TERMS = ["rotations", "phenotypes", "joints3d", "joints2d"]
+
+
+def train_config(**kw):
+    base = dict(iterations=5, batch=4, lr=3e-3, inner_lr=LR, log_every=2)
+    base.update(kw)
+    return MetaTTOConfig(**base)
+
+
+def train(data, cfg, seed=0, eval_sets=None, nets=None, **kw):
+    net, aux = nets or (make_net(0, torch.float32), make_net(1, torch.float32))
+    return mt.train_mesh(net, data, cfg, aux_network=aux if cfg.use_aux else None, eval_sets=eval_sets, device="cpu",
+                         seed=seed, progress=False, **kw)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"meta{int(m['use_meta'])}-aux{int(m['use_aux'])}")
+def test_train_mesh_runs_in_each_mode(data, mode):
+    from poselab.optim import warmup_cosine
+
+    cfg = train_config(**mode)
+    net, aux = make_net(0, torch.float32), make_net(1, torch.float32)
+    before = [{k: v.clone() for k, v in n.state_dict().items()} for n in (net, aux)]
+    out, out_aux, history = train(data, cfg, eval_sets={"val": data.subset(slice(4, 8))}, nets=(net, aux))
+    for n, state in zip((net, aux), before):  # the inputs are not modified
+        for k, v in n.state_dict().items():
+            torch.testing.assert_close(v, state[k], atol=0, rtol=0, msg=k)
+    assert out is not net and not out.training
+    assert float((out.head[-1].weight - net.head[-1].weight).detach().abs().max()) > 0
+    if cfg.use_aux:
+        assert out_aux is not aux and not out_aux.training
+        assert float((out_aux.head[-1].weight - aux.head[-1].weight).detach().abs().max()) > 0
+    else:
+        assert out_aux is None
+    evals = {"val/mpjpe_mm", "val/pa_mpjpe_mm"}
+    assert history.column("iteration") == [0, 2, 4, 5]
+    assert set(history.records[0]) == {"iteration", "lr", "diverged"} | evals
+    step_keys = {"iteration", "lr", "loss", *TERMS, "diverged"} | evals | ({"aux_loss"} if cfg.use_aux else set())
+    for r in history.records[1:]:
+        assert set(r) == step_keys
+        assert r["lr"] == pytest.approx(cfg.lr * warmup_cosine(r["iteration"] - 1, 5, 0.05))
+    values = [v for r in history.records for v in r.values()]
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    assert history.column("diverged") == [0.0] * 4 and history.records[0]["val/mpjpe_mm"] > 0
+
+
+def test_train_mesh_is_seeded(data):
+    cfg = train_config(iterations=3, log_every=1)
+    first, _, h1 = train(data, cfg, seed=0)
+    again, _, h2 = train(data, cfg, seed=0)
+    other, _, h3 = train(data, cfg, seed=1)
+    assert h1.records == h2.records
+    for a, b in zip(first.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert h3.records[1]["loss"] != h1.records[1]["loss"]
+
+
+@pytest.mark.parametrize("use_meta", [False, True])
+def test_train_mesh_overfits_four_images(data, use_meta):
+    cfg = train_config(iterations=20, log_every=5, use_meta=use_meta, use_aux=False)
+    _, _, history = train(data.subset(slice(0, 4)), cfg)
+    losses = [r["loss"] for r in history.records[1:]]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"meta{int(m['use_meta'])}-aux{int(m['use_aux'])}")
+def test_train_step_is_the_meta_step_with_its_terms(targets, images, body, mode):
+    # The training loop's step (which also reports the loss terms) takes the same step as meta_step.
+    t, x = small(targets, images)
+    cfg = config(**mode)
+    nets = [make_net(0), make_net(1)] if cfg.use_aux else [make_net(0)]
+    copies = [copy.deepcopy(n) for n in nets]
+    stats = mt._mesh_step(*nets[:1], nets[1] if cfg.use_aux else None,
+                          torch.optim.SGD([p for n in nets for p in n.parameters()], lr=0.1), x, t, body, cfg)
+    with torch.no_grad():
+        expected = meta_loss(*copies[:1], copies[1] if cfg.use_aux else None, x, t, body, cfg)
+    loss = meta_step(*copies[:1], copies[1] if cfg.use_aux else None,
+                     torch.optim.SGD([p for n in copies for p in n.parameters()], lr=0.1), x, t, body, cfg)
+    torch.testing.assert_close(stats["loss"], expected, atol=1e-14, rtol=1e-12)
+    assert float(stats["loss"]) == pytest.approx(loss, rel=1e-12)
+    assert set(stats) == {"loss", *TERMS} | ({"aux_loss"} if cfg.use_aux else set())
+    weighted = sum(getattr(cfg.weights, k) * stats[k] for k in TERMS)
+    aux_loss = stats.get("aux_loss", 0.0)
+    torch.testing.assert_close(weighted + aux_loss, stats["loss"], atol=1e-14, rtol=1e-12)
+    for a, b in zip([p for n in nets for p in n.parameters()], [p for n in copies for p in n.parameters()]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_train_mesh_records_divergence_as_nan(data):
+    net = make_net(0, torch.float32)
+    with torch.no_grad():
+        net.head[-1].bias[0] = float("inf")  # every prediction is non-finite: the first step diverges
+    _, _, history = train(data, train_config(use_aux=False), nets=(net, None))
+    assert history.column("iteration") == [0, 2, 4, 5]
+    assert history.column("diverged") == [0.0, 1.0, 1.0, 1.0]
+    assert all(math.isnan(history.records[2][k]) for k in ("loss", "lr", "joints2d"))
+
+
+def test_predict_images_matches_the_network_in_chunks(data):
+    net = make_net(0, torch.float32)
+    whole = mt.predict_images(net, data)
+    chunked = mt.predict_images(net, data, chunk_size=3)
+    with torch.no_grad():
+        direct = net(data.float_images())
+    for a, b, c in zip(whole, chunked, direct):
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="images: expected a PersonImages"):
+        mt.predict_images(net, data.images)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(data="images"), TypeError, "data: expected a PersonImages"),
+    (dict(config={"iterations": 2}), TypeError, "config: expected a MetaTTOConfig"),
+    (dict(network=None), TypeError, "network: expected an nn.Module"),
+    (dict(aux_network=None), TypeError, "aux_network: config.use_aux needs"),
+    (dict(aux_network="same"), ValueError, "separate network"),
+    (dict(config=train_config(use_aux=False)), ValueError, "aux_network: given but config.use_aux is False"),
+    (dict(eval_sets={"val": "images"}), ValueError, r"eval_sets\['val'\]: expected a PersonImages"),
+    (dict(eval_sets=["val"]), TypeError, "eval_sets: expected a dict"),
+    (dict(warmup=1.0), ValueError, "warmup"),
+    (dict(noise=0.1), TypeError, "noise"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(network="32px"), ValueError, "data: crops of 64 px, but the network takes 32 px"),
+])
+def test_train_mesh_bad_inputs(data, change, error, match):
+    net = make_net(0, torch.float32)
+    kw = dict(network=net, data=data, config=train_config(), aux_network=make_net(1, torch.float32))
+    kw.update(change)
+    if kw["data"] == "images":
+        kw["data"] = data.images
+    if kw["aux_network"] == "same":
+        kw["aux_network"] = net
+    if kw["network"] == "32px":
+        kw["network"] = MeshRegressor(**{**TINY, "input_size": 32})
+    with pytest.raises(error, match=match):
+        mt.train_mesh(kw.pop("network"), kw.pop("data"), kw.pop("config"), device="cpu", progress=False, **kw)
+
+
+@CUDA
+def test_train_mesh_on_cuda(data):
+    out, aux, history = mt.train_mesh(make_net(0, torch.float32), data, train_config(iterations=2), device="cuda",
+                                      aux_network=make_net(1, torch.float32), eval_sets={"val": data},
+                                      progress=False)
+    assert next(out.parameters()).device.type == "cuda" and next(aux.parameters()).device.type == "cuda"
+    assert all(math.isfinite(v) for r in history.records for v in r.values())

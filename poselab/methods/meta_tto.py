@@ -57,6 +57,8 @@ Choices (our reading of the paper):
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -65,14 +67,16 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from poselab import optim as O
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
-from poselab.data.body import BodyModel, to_camera_frame
+from poselab.data.body import BodyModel, body_model, to_camera_frame
 from poselab.data.cameras import detector_noise, project_points
 from poselab.data.images import PersonImages
 from poselab.metrics import mpjpe, p_mpjpe, pve
 from poselab.models.mesh import (NUM_BONES, NUM_PHENOTYPES, MeshPrediction, camera_translation,
                                  matrix_to_rotation_6d, rotation_6d_to_matrix, to_pose_parameters,
                                  translation_to_camera)
+from poselab.train import History
 
 __all__ = [
     "TTO_OPTIMIZERS",
@@ -97,6 +101,8 @@ __all__ = [
     "meta_step",
     "test_time_optimise",
     "evaluate_mesh",
+    "predict_images",
+    "train_mesh",
 ]
 
 TTO_OPTIMIZERS = ("sgd", "adam")
@@ -950,3 +956,220 @@ def evaluate_mesh(predictions: MeshPrediction, targets: MeshTargets, body: BodyM
         out["pve_mm"] = 1000 * float(torch.cat(errors).mean())
     return out
 
+
+# ----------------------------------------------------------------------------- training
+
+
+_STEP_TERMS = ("rotations", "phenotypes", "joints3d", "joints2d")
+
+
+@torch.no_grad()
+def predict_images(network: nn.Module, images: PersonImages, chunk_size: int = 256) -> MeshPrediction:
+    """The regressor's own predictions (no test-time optimisation) for a set of crops, in chunks.
+
+    Args:
+        network: a :class:`~poselab.models.mesh.MeshRegressor`; its parameters' dtype and device are used.
+        images: :class:`~poselab.data.images.PersonImages` (CPU uint8), crops of the network's input size.
+        chunk_size: images per forward pass (bounds the memory).
+
+    Returns:
+        Detached :class:`MeshPrediction` of ``len(images)`` samples, on the network's device.
+    """
+    if not isinstance(images, PersonImages):
+        raise TypeError(f"images: expected a PersonImages, got {type(images).__name__}")
+    check_int("chunk_size", chunk_size)
+    p = next(network.parameters())
+    chunks = [network(_float_batch(images.images[start : start + chunk_size], p.dtype, p.device))
+              for start in range(0, len(images), chunk_size)]
+    return MeshPrediction(*(torch.cat(parts) for parts in zip(*chunks)))
+
+
+def _float_batch(images: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """uint8 ``(B, 3, S, S)`` -> ``dtype`` in [0, 1] on ``device``."""
+    return images.to(device).to(dtype).div_(255.0)
+
+
+def _mesh_step(network: nn.Module, aux_network: nn.Module | None, optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, targets: MeshTargets, body: BodyModel, config: MetaTTOConfig
+               ) -> dict[str, torch.Tensor]:
+    """:func:`meta_step` that also returns the loss's terms (0-dim tensors, before the step; no sync).
+
+    The loss is :func:`meta_loss`'s (built from the same blocks; a test checks that they agree). Keys:
+    ``loss``, the unweighted :func:`training_terms` of the main network's (adapted, with
+    ``use_meta``) prediction averaged over the batch, and ``aux_loss`` (the auxiliary network's own
+    training loss) with ``use_aux``.
+    """
+    _check_meta_args(network, aux_network, images, targets, body, config)
+    aux_pred = aux_network(images) if config.use_aux else None
+    if config.use_meta:
+        loss_fn = _inner_loss(targets, body, aux_pred, config.aux_weight)
+        frozen = "norm" if config.freeze_norm else ()
+        params = dict(network.named_parameters())
+        for _ in range(config.inner_steps):
+            params = inner_step(network, params, images, loss_fn, config.inner_lr, config.first_order, frozen)
+        pred = predict_stacked(network, params, images)
+    else:
+        pred = network(images)
+    terms = training_terms(pred, targets, body)
+    loss = sum(getattr(config.weights, k) * v for k, v in terms.items()).mean()
+    stats = {k: v.detach().mean() for k, v in terms.items()}
+    if aux_pred is not None:
+        aux_loss = training_loss(aux_pred, targets, body, config.weights).mean()
+        loss = loss + aux_loss
+        stats["aux_loss"] = aux_loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.detach(), **stats}
+
+
+def _check_train_args(network, data, config, aux_network, eval_sets, warmup, noise, seed) -> None:
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"network: expected an nn.Module, got {type(network).__name__}")
+    if not isinstance(data, PersonImages):
+        raise TypeError(f"data: expected a PersonImages, got {type(data).__name__}")
+    if not isinstance(config, MetaTTOConfig):
+        raise TypeError(f"config: expected a MetaTTOConfig, got {type(config).__name__}")
+    if config.use_aux and not isinstance(aux_network, nn.Module):
+        raise TypeError(f"aux_network: config.use_aux needs the auxiliary network, got {type(aux_network).__name__}")
+    if not config.use_aux and aux_network is not None:
+        raise ValueError("aux_network: given but config.use_aux is False (it would not be trained); pass None")
+    if aux_network is network:
+        raise ValueError("aux_network: expected a separate network (own weights), got the main network itself")
+    size = getattr(network, "input_size", data.size)
+    if size != data.size:
+        raise ValueError(f"data: crops of {data.size} px, but the network takes {size} px")
+    if not isinstance(eval_sets, Mapping):
+        raise TypeError(f"eval_sets: expected a dict name -> PersonImages, got {type(eval_sets).__name__}")
+    for name, images in eval_sets.items():
+        if not isinstance(images, PersonImages) or images.size != data.size:
+            got = f"{images.size} px crops" if isinstance(images, PersonImages) else type(images).__name__
+            raise ValueError(f"eval_sets[{name!r}]: expected a PersonImages of {data.size} px crops, got {got}")
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
+        raise ValueError(f"warmup: expected a fraction of the run in [0, 1), got {warmup!r}")
+    if not isinstance(noise, DetectorNoise):
+        raise TypeError(f"noise: expected a DetectorNoise, got {type(noise).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
+
+
+def _all_finite(networks: list[nn.Module]) -> torch.Tensor:
+    """0-dim bool: every parameter of every network is finite (no sync)."""
+    return torch.stack([torch.isfinite(p).all() for n in networks for p in n.parameters()]).all()
+
+
+def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
+               aux_network: nn.Module | None = None, eval_sets: Mapping[str, PersonImages] | None = None,
+               device: str | torch.device = "auto", seed: int = 0, progress: bool = True, warmup: float = 0.05,
+               noise: DetectorNoise = DETECTOR_NOISE) -> tuple[nn.Module, nn.Module | None, History]:
+    """Train copies of the regressor (and of the auxiliary network) by meta-learning with TTO, or plain regression.
+
+    Each of ``config.iterations`` steps samples ``config.batch`` crops of ``data`` with replacement,
+    builds their :func:`mesh_targets` with fresh seeded detector noise, and takes one Adam step (both
+    networks, learning rate ``config.lr`` under ``LambdaLR`` with :func:`poselab.optim.warmup_cosine`)
+    on :func:`meta_loss`: through the per-sample inner TTO step with ``config.use_meta`` (with the
+    auxiliary network's pseudo targets with ``config.use_aux``), else plain regression (the
+    baseline, and EFT's starting model). Networks and body model are in the network's dtype.
+
+    A run that diverges does not raise: a non-finite loss or parameter stops training; the record of
+    that window is appended at its log point (step means, NaN allowed; evaluations NaN), then one record
+    per remaining log point with every value NaN but ``iteration`` and ``diverged``.
+
+    Args:
+        network: a :class:`~poselab.models.mesh.MeshRegressor` (not modified).
+        data: :class:`~poselab.data.images.PersonImages` training crops (CPU), of the network's input size.
+        config: :class:`MetaTTOConfig` (``iterations``, ``batch``, ``lr``, the inner step, ``log_every``).
+        aux_network: the auxiliary regressor (same architecture, not modified); required with
+            ``config.use_aux``, must be ``None`` without.
+        eval_sets: ``{name: PersonImages}`` evaluated with :func:`evaluate_mesh` on the main network's
+            own prediction (no TTO, so detector noise plays no part) at step 0 and at every record: keys
+            ``"{name}/mpjpe_mm"`` and ``"{name}/pa_mpjpe_mm"``. TTO evaluation is the experiments' job.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        seed: seeds two CPU generators (``2 seed``: batch indices; ``2 seed + 1``: detector-noise seeds).
+        progress: a ``tqdm`` bar over steps.
+        warmup: the learning-rate warm-up's fraction of the run, in [0, 1).
+        noise: the simulated detector's errors (:class:`DetectorNoise`).
+
+    Returns:
+        ``(network, aux_network or None, history)``, trained copies in eval mode. ``history.records``:
+        one at step 0 (``iteration``, ``lr``, evaluations, ``diverged``) and one every ``log_every`` steps
+        (and at the end) with ``iteration``, ``lr`` of the record's last step, the means over the steps
+        since the previous record of ``loss`` (the objective), ``rotations``, ``phenotypes``, ``joints3d``,
+        ``joints2d`` (unweighted :func:`training_terms` of the main network's prediction, adapted with
+        ``use_meta``), ``aux_loss`` (with ``use_aux``), the evaluations and ``diverged`` (1.0 from the
+        window in which the run diverged on, else 0.0).
+    """
+    eval_sets = {} if eval_sets is None else eval_sets
+    _check_train_args(network, data, config, aux_network, eval_sets, warmup, noise, seed)
+    dev = resolve_device(device)
+    main = copy.deepcopy(network).to(dev).train()
+    aux = None if aux_network is None else copy.deepcopy(aux_network).to(dev).train()
+    networks = [main] if aux is None else [main, aux]
+    dtype = next(main.parameters()).dtype
+    if aux is not None and next(aux.parameters()).dtype != dtype:
+        raise TypeError(f"aux_network: {next(aux.parameters()).dtype}, expected the network's {dtype}")
+    body = body_model(dev, dtype)
+    optimizer = torch.optim.Adam([p for n in networks for p in n.parameters()], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: O.warmup_cosine(step, config.iterations, warmup))
+    index_gen, noise_gen = (torch.Generator().manual_seed(s) for s in (2 * seed, 2 * seed + 1))
+    # Evaluation targets once (their detections are unused: no TTO here).
+    eval_targets = {name: mesh_targets(images, body) for name, images in eval_sets.items()}
+    history = History()
+
+    def evaluate(record: dict) -> None:
+        main.eval()
+        for name, images in eval_sets.items():
+            scores = evaluate_mesh(predict_images(main, images), eval_targets[name], body)
+            record.update({f"{name}/{key}": value for key, value in scores.items()})
+        main.train()
+
+    record = {"iteration": 0, "lr": optimizer.param_groups[0]["lr"]}
+    evaluate(record)
+    eval_keys = [key for key in record if key not in ("iteration", "lr")]
+    record["diverged"] = 0.0
+    history.records.append(record)
+    log_points = sorted({*range(config.log_every, config.iterations + 1, config.log_every), config.iterations})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        mode = ("meta" if config.use_meta else "regression") + ("+aux" if config.use_aux else "")
+        bar = tqdm(total=config.iterations, desc=f"mesh {mode}", unit="step")
+    window: list[dict[str, float]] = []
+    for it in range(config.iterations):
+        lr = optimizer.param_groups[0]["lr"]
+        index = torch.randint(len(data), (config.batch,), generator=index_gen)
+        batch = data.subset(index)
+        noise_seed = int(torch.randint(2**31 - 1, (), generator=noise_gen))
+        targets = mesh_targets(batch, body, noise=noise, seed=noise_seed)
+        stats = _mesh_step(main, aux, optimizer, _float_batch(batch.images, dtype, dev), targets, body, config)
+        scheduler.step()
+        finite = _all_finite(networks).double()
+        values = torch.stack([*(v.double() for v in stats.values()), finite]).tolist()  # one sync
+        window.append(dict(zip(stats, values[:-1])))
+        diverged = not (math.isfinite(window[-1]["loss"]) and values[-1] == 1.0)
+        done = it + 1
+        if diverged or done in log_points:
+            point = next(p for p in log_points if p >= done)
+            record = {"iteration": point, "lr": lr}
+            record.update({key: float(sum(w[key] for w in window) / len(window)) for key in window[0]})
+            window = []
+            if diverged:
+                record.update(dict.fromkeys(eval_keys, math.nan))
+            else:
+                evaluate(record)
+            record["diverged"] = float(diverged)
+            history.records.append(record)
+            if diverged:
+                for later in (p for p in log_points if p > point):
+                    history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.3g}", **({"diverged": done} if diverged else {}))
+        if bar is not None:
+            bar.update(1)
+        if diverged:
+            break
+    if bar is not None:
+        bar.close()
+    return main.eval(), None if aux is None else aux.eval(), history
