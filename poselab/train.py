@@ -43,7 +43,8 @@ from torch import nn
 
 from poselab.checks import check_int, check_positive, resolve_device, seed_everything
 
-__all__ = ["History", "train_model", "evaluate", "mpjpe_loss", "mpjpe_mm_eval", "load_checkpoint"]
+__all__ = ["History", "train_model", "evaluate", "mpjpe_loss", "mpjpe_mm_eval", "load_checkpoint", "log_points",
+           "append_window_record"]
 
 CHECKPOINT_FORMAT = "poselab.train/1"
 
@@ -103,6 +104,61 @@ class History:
             if not isinstance(r, Mapping):
                 raise ValueError(f"History.from_dict: record {i} should be a dict, got {type(r).__name__}")
         return cls(records=[dict(r) for r in data["records"]])
+
+
+# ------------------------------------------------------------------- step-based records
+
+
+def log_points(iterations: int, log_every: int) -> list[int]:
+    """Steps (1-based counts) after which a step-based loop appends a record: every ``log_every``
+    steps and after the last one, e.g. ``log_points(7, 3) == [3, 6, 7]``."""
+    check_int("iterations", iterations)
+    check_int("log_every", log_every)
+    return sorted({*range(log_every, iterations + 1, log_every), iterations})
+
+
+def append_window_record(history: History, window: Sequence[Mapping[str, float]], point: int, lr: float,
+                         points: Sequence[int], evaluate: Callable[[dict], None], eval_keys: Sequence[str],
+                         diverged: bool, extra: Mapping[str, float] | None = None) -> dict:
+    """Close a window of steps of a step-based loop (HamiPose, mesh meta-training): append its record.
+
+    The record is ``{"iteration": point, "lr": lr}``, the mean over the window of each of its steps'
+    values (NaN propagates), ``extra`` (values the caller computed for the window), then either the
+    evaluations (``evaluate(record)`` adds them) or, when the run ``diverged``, ``eval_keys`` set to
+    NaN (a non-finite network has no meaningful prediction), and ``diverged`` (1.0 or 0.0). After a
+    divergence, one record per remaining log point in ``points`` follows, every value NaN but
+    ``iteration`` and ``diverged``: a diverged run keeps the record layout of one that did not.
+
+    Args:
+        history: the run's :class:`History` (records are appended).
+        window: the steps' values since the previous record (at least one step).
+        point: the log point of this record (``iteration``).
+        lr: the learning rate of the window's last step.
+        points: every log point of the run (:func:`log_points`).
+        evaluate: adds evaluations to a record in place.
+        eval_keys: the keys ``evaluate`` adds (set to NaN on divergence).
+        diverged: the run diverged in this window.
+        extra: more per-window values, placed after the means.
+
+    Returns:
+        The record of the window.
+    """
+    if not window:
+        raise ValueError("window: expected the values of at least one step, got none")
+    record: dict = {"iteration": point, "lr": lr}
+    for key in window[0]:
+        record[key] = float(sum(w[key] for w in window) / len(window))
+    record.update(extra or {})
+    if diverged:
+        record.update(dict.fromkeys(eval_keys, math.nan))
+    else:
+        evaluate(record)
+    record["diverged"] = float(diverged)
+    history.records.append(record)
+    if diverged:
+        for later in (p for p in points if p > point):
+            history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
+    return record
 
 
 # ------------------------------------------------------------------ losses and metrics

@@ -114,7 +114,8 @@ from poselab.checks import check_choice, check_int, check_positive, check_shape,
 from poselab.data.augment import EASY, AugmentConfig, augment
 from poselab.methods.ssl_collapse import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
                                           supervised_targets, teacher_targets)
-from poselab.train import History
+from poselab.train import History, append_window_record
+from poselab.train import log_points as training_log_points
 
 __all__ = [
     "DECOMPOSITIONS",
@@ -942,7 +943,7 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
     eval_keys = [key for key in record if key not in ("iteration", "lr", "gamma")]
     record["diverged"] = 0.0
     history.records.append(record)
-    log_points = sorted({*range(config.log_every, config.iterations + 1, config.log_every), config.iterations})
+    log_points = training_log_points(config.iterations, config.log_every)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -978,25 +979,16 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
         done = it + 1
         if diverged or done in log_points:
             point = next(p for p in log_points if p >= done)
-            record = {"iteration": point, "lr": lr}
-            for key in window[0]:
-                record[key] = float(sum(w[key] for w in window) / len(window))
-            record["gamma"] = config.gamma_at(it)
-            record["fluctuation"] = float(sum(fluctuations) / len(fluctuations)) if fluctuations else math.nan
-            record["step_rms"] = float(sum(step_rms) / len(step_rms))
             losses = [w["loss"] for w in window]
-            record["loss_std"] = (math.sqrt(sum((x - record["loss"]) ** 2 for x in losses) / (len(losses) - 1))
-                                  if len(losses) > 1 else math.nan)
+            mean_loss = sum(losses) / len(losses)
+            extra = {"gamma": config.gamma_at(it),
+                     "fluctuation": float(sum(fluctuations) / len(fluctuations)) if fluctuations else math.nan,
+                     "step_rms": float(sum(step_rms) / len(step_rms)),
+                     "loss_std": (math.sqrt(sum((x - mean_loss) ** 2 for x in losses) / (len(losses) - 1))
+                                  if len(losses) > 1 else math.nan)}
+            record = append_window_record(history, window, point, lr, log_points, evaluate, eval_keys, diverged,
+                                          extra)
             window, fluctuations, step_rms = [], [], []
-            if diverged:
-                record.update(dict.fromkeys(eval_keys, math.nan))
-            else:
-                evaluate(record)
-            record["diverged"] = float(diverged)
-            history.records.append(record)
-            if diverged:
-                for later in (p for p in log_points if p > point):
-                    history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.3g}", conflict=f"{record['conflict_ratio']:.2f}",
                                 **({"diverged": done} if diverged else {}))

@@ -76,7 +76,8 @@ from poselab.metrics import mpjpe, p_mpjpe, pve
 from poselab.models.mesh import (NUM_BONES, NUM_PHENOTYPES, MeshPrediction, camera_translation,
                                  matrix_to_rotation_6d, rotation_6d_to_matrix, to_pose_parameters,
                                  translation_to_camera)
-from poselab.train import History
+from poselab.train import History, append_window_record
+from poselab.train import log_points as training_log_points
 
 __all__ = [
     "TTO_OPTIMIZERS",
@@ -1129,7 +1130,7 @@ def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
     eval_keys = [key for key in record if key not in ("iteration", "lr")]
     record["diverged"] = 0.0
     history.records.append(record)
-    log_points = sorted({*range(config.log_every, config.iterations + 1, config.log_every), config.iterations})
+    log_points = training_log_points(config.iterations, config.log_every)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -1152,18 +1153,8 @@ def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
         done = it + 1
         if diverged or done in log_points:
             point = next(p for p in log_points if p >= done)
-            record = {"iteration": point, "lr": lr}
-            record.update({key: float(sum(w[key] for w in window) / len(window)) for key in window[0]})
+            record = append_window_record(history, window, point, lr, log_points, evaluate, eval_keys, diverged)
             window = []
-            if diverged:
-                record.update(dict.fromkeys(eval_keys, math.nan))
-            else:
-                evaluate(record)
-            record["diverged"] = float(diverged)
-            history.records.append(record)
-            if diverged:
-                for later in (p for p in log_points if p > point):
-                    history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.3g}", **({"diverged": done} if diverged else {}))
         if bar is not None:
