@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "landscapes": "poselab.experiments.landscapes",  # chapter 1
     "flat_ensembles": "poselab.experiments.flat_ensembles",  # chapter 2
     "seal": "poselab.experiments.seal",  # chapter 3
+    "meta_tto": "poselab.experiments.meta_tto",  # chapter 4
     "ssl_collapse": "poselab.experiments.ssl_collapse",  # chapter 5
     "hamipose": "poselab.experiments.hamipose",  # chapter 6
 }

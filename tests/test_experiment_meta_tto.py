@@ -1,0 +1,65 @@
+"""Experiment ``meta_tto``: claims on hand-made metrics, and the structure of a ``fast`` run."""
+
+import math
+
+import pytest
+import torch
+
+from poselab.experiments import meta_tto as exp
+
+
+def _metrics(rows=None, method=(100.0, 87.0, 84.0, 80.0), eft=(100.0, 92.0, 88.0, 95.0), tto_steps=2):
+    rows = rows or {"regression": 100.0, "eft": 88.0, "meta": 84.0, "meta_aux": 80.0}
+    ablation = {row: {"mpjpe_mm": v, "pa_mpjpe_mm": v / 2} for row, v in rows.items()}
+    curves = {"meta_aux": {"mpjpe_mm": list(method)}, "regression": {"mpjpe_mm": list(eft)}}
+    return {"ablation": {"in_domain": ablation, "cross_domain": ablation}, "curves": {"in_domain": curves},
+            "tto_steps": tto_steps}
+
+
+def test_claims_hold_on_a_paper_like_outcome():
+    claims = {c.id: c for c in exp._claims(_metrics())}
+    assert set(claims) == {"ablation/in_domain", "ablation/cross_domain", "steps", "convergence"}
+    assert all(c.holds for c in claims.values()), [(c.id, c.note) for c in claims.values() if not c.holds]
+    assert "meta_aux 80.0" in claims["ablation/in_domain"].measured
+    assert "reaches it after 1 steps" in claims["convergence"].measured  # 87 <= EFT's 88 at step 2
+
+
+def test_claims_fail_with_reasons():
+    rows = {"regression": 100.0, "eft": 90.0, "meta": 92.0, "meta_aux": 85.0}
+    claims = {c.id: c for c in exp._claims(_metrics(rows, method=(100.0, 95.0, 90.0, 93.0),
+                                                    eft=(100.0, 90.0, 85.0, 80.0)))}
+    assert claims["ablation/in_domain"].holds is False
+    assert claims["ablation/in_domain"].note == "not decreasing at: eft -> meta"
+    assert claims["steps"].holds is False and claims["convergence"].holds is False
+    assert all(c.note for c in claims.values() if not c.holds)
+
+
+@pytest.mark.parametrize("profile", sorted(exp.CONFIGS))
+def test_profiles(profile):
+    cfg = exp.CONFIGS[profile]
+    assert 0 < cfg["tto_steps"] < cfg["max_steps"] and cfg["batch"] <= cfg["train"]
+
+
+@pytest.fixture(scope="module")
+def fast_results():
+    torch.set_num_threads(2)
+    return exp.run("fast", device="cpu", seed=0, progress=False)
+
+
+def test_fast_run_structure(fast_results):
+    m = fast_results.metrics
+    cfg = exp.CONFIGS["fast"]
+    assert set(m["runs"]) == set(exp.RUNS)
+    for test_set in exp.TEST_SETS:
+        assert set(m["ablation"][test_set]) == set(exp.ROWS)
+        for name, curves in m["curves"][test_set].items():
+            assert len(curves["mpjpe_mm"]) == cfg["max_steps"] + 1, name
+            assert all(math.isfinite(v) and v > 0 for v in curves["mpjpe_mm"]), name
+        # the ablation rows are points of the curves: regression at step 0, the others at tto_steps
+        rows, curves = m["ablation"][test_set], m["curves"][test_set]
+        assert rows["regression"]["mpjpe_mm"] == curves["regression"]["mpjpe_mm"][0]
+        assert rows["eft"]["mpjpe_mm"] == curves["regression"]["mpjpe_mm"][cfg["tto_steps"]]
+        assert rows["meta_aux"]["mpjpe_mm"] == curves["meta_aux"]["mpjpe_mm"][cfg["tto_steps"]]
+    assert {c.id for c in fast_results.claims} == {"ablation/in_domain", "ablation/cross_domain", "steps",
+                                                  "convergence"}
+    assert fast_results.artifacts["networks"]["meta"] is not fast_results.artifacts["networks"]["regression"]
