@@ -34,6 +34,14 @@ def test_claims_fail_with_reasons():
     assert all(c.note for c in claims.values() if not c.holds)
 
 
+def test_steps_claim_needs_a_rise_above_noise():
+    # EFT's last value 0.5 mm above its best: flat, not degrading
+    claims = {c.id: c for c in exp._claims(_metrics(eft=(100.0, 92.0, 88.0, 88.5)))}
+    assert claims["steps"].holds is False and "does not degrade" in claims["steps"].note
+    claims = {c.id: c for c in exp._claims(_metrics(method=(100.0, 87.0, 80.0, 80.5)))}
+    assert claims["steps"].holds is True  # the method's 0.5 mm rise is within noise
+
+
 @pytest.mark.parametrize("profile", sorted(exp.CONFIGS))
 def test_profiles(profile):
     cfg = exp.CONFIGS[profile]

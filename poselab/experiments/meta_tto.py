@@ -60,6 +60,10 @@ run, batch, learning rates (pre-training; the runs), TTO steps of the ablation, 
 steps between training records. Crops are 64 px."""
 
 TEST_SETS = {"in_domain": "synthetic", "cross_domain": "realistic"}
+
+FLAT_MM = 1.0
+"""A TTO curve whose last value is within this of its best (mm) has not degraded: smaller rises are
+evaluation noise, not the degradation the paper describes."""
 """Test set name -> look (both from the held-out test subjects)."""
 
 
@@ -172,11 +176,12 @@ def _claims(m: dict) -> list[Claim]:
                 f"{x} -> {y}" for (x, y), ok in zip(zip(ladder, ladder[1:]), steps) if not ok)))
     curves = m["curves"]["in_domain"]
     method, eft = curves["meta_aux"]["mpjpe_mm"], curves["regression"]["mpjpe_mm"]
-    keeps = method[-1] <= min(method)
-    eft_turns = eft[-1] > min(eft)
+    keeps = method[-1] <= min(method) + FLAT_MM
+    eft_turns = eft[-1] > min(eft) + FLAT_MM
     claims.append(Claim(
         "steps", "With more TTO steps the method keeps improving while EFT first improves, then degrades",
-        "EFT's error rises after its best step; the method's keeps falling",
+        f"EFT's error rises after its best step; the method's keeps falling (a rise under {FLAT_MM:g} mm "
+        "counts as flat)",
         f"in-domain MPJPE after 0 / best / {len(method) - 1} steps: method {method[0]:.1f} / {min(method):.1f} / "
         f"{method[-1]:.1f}, EFT {eft[0]:.1f} / {min(eft):.1f} / {eft[-1]:.1f} mm", keeps and eft_turns,
         "" if keeps and eft_turns else ("EFT does not degrade within these steps" if not eft_turns
