@@ -757,18 +757,25 @@ def _check_meta_args(network, aux_network, images, targets, body, config) -> Non
                          f"{tuple(getattr(images, 'shape', ()))}")
 
 
+def _adapted_parameters(network, aux_pred, images, targets, body, config, step=None) -> dict[str, torch.Tensor]:
+    """Per-sample weights after ``config.inner_steps`` inner steps of the test loss (``step``:
+    :func:`inner_step`, or :func:`inner_step_loop` for the reference)."""
+    loss_fn = _inner_loss(targets, body, aux_pred, config.aux_weight)
+    frozen = "norm" if config.freeze_norm else ()
+    params = dict(network.named_parameters())
+    for _ in range(config.inner_steps):
+        params = (step or inner_step)(network, params, images, loss_fn, config.inner_lr, config.first_order, frozen)
+    return params
+
+
 def _meta_parts(network, aux_network, images, targets, body, config, loop: bool) -> torch.Tensor:
     _check_meta_args(network, aux_network, images, targets, body, config)
     aux_pred = aux_network(images) if config.use_aux else None
     aux_term = 0.0 if aux_pred is None else training_loss(aux_pred, targets, body, config.weights).mean()
     if not config.use_meta:
         return training_loss(network(images), targets, body, config.weights).mean() + aux_term
-    loss_fn = _inner_loss(targets, body, aux_pred, config.aux_weight)
-    frozen = "norm" if config.freeze_norm else ()
-    step = inner_step_loop if loop else inner_step
-    params = dict(network.named_parameters())
-    for _ in range(config.inner_steps):
-        params = step(network, params, images, loss_fn, config.inner_lr, config.first_order, frozen)
+    params = _adapted_parameters(network, aux_pred, images, targets, body, config,
+                                 inner_step_loop if loop else inner_step)
     if loop:
         buffers = dict(network.named_buffers())
         outer = torch.stack([
@@ -1003,12 +1010,7 @@ def _mesh_step(network: nn.Module, aux_network: nn.Module | None, optimizer: tor
     _check_meta_args(network, aux_network, images, targets, body, config)
     aux_pred = aux_network(images) if config.use_aux else None
     if config.use_meta:
-        loss_fn = _inner_loss(targets, body, aux_pred, config.aux_weight)
-        frozen = "norm" if config.freeze_norm else ()
-        params = dict(network.named_parameters())
-        for _ in range(config.inner_steps):
-            params = inner_step(network, params, images, loss_fn, config.inner_lr, config.first_order, frozen)
-        pred = predict_stacked(network, params, images)
+        pred = predict_stacked(network, _adapted_parameters(network, aux_pred, images, targets, body, config), images)
     else:
         pred = network(images)
     terms = training_terms(pred, targets, body)
