@@ -68,6 +68,12 @@ def test_fast_run_structure(fast_results):
         assert rows["regression"]["mpjpe_mm"] == curves["regression"]["mpjpe_mm"][0]
         assert rows["eft"]["mpjpe_mm"] == curves["regression"]["mpjpe_mm"][cfg["tto_steps"]]
         assert rows["meta_aux"]["mpjpe_mm"] == curves["meta_aux"]["mpjpe_mm"][cfg["tto_steps"]]
+        # PVE only at step 0 and the ablation's step; the rows read it from there
+        for name in exp.RUNS:
+            assert set(curves[name]["pve_mm"]) == {0, cfg["tto_steps"]}
+        assert rows["regression"]["pve_mm"] == curves["regression"]["pve_mm"][0]
+        assert rows["meta"]["pve_mm"] == curves["meta"]["pve_mm"][cfg["tto_steps"]]
+        assert all(0 < row["pve_mm"] < 2000 for row in rows.values())
     assert {c.id for c in fast_results.claims} == {"ablation/in_domain", "ablation/cross_domain", "steps",
                                                   "convergence"}
     assert fast_results.artifacts["networks"]["meta"] is not fast_results.artifacts["networks"]["regression"]

@@ -482,6 +482,29 @@ def test_evaluate_mesh_pve_in_chunks(targets, body):
     assert whole["pve_mm"] > 1
 
 
+def test_mesh_vertices_of_the_oracle_are_the_true_camera_frame_mesh(targets, body):
+    oracle = targets_as_prediction(targets)
+    vertices = mt.mesh_vertices(oracle, targets.focal, targets.center, targets.size, body)
+    expected = body.forward(targets.pose, targets.phenotypes).vertices
+    assert vertices.shape == (len(targets), 13718, 3) and not vertices.requires_grad
+    torch.testing.assert_close(vertices, expected, atol=1e-9, rtol=0)
+    chunked = mt.mesh_vertices(oracle, targets.focal, targets.center, targets.size, body, chunk_size=2)
+    torch.testing.assert_close(chunked, vertices, atol=1e-12, rtol=0)
+    # In front of the camera, and a larger s (closer, bigger in the crop) moves the mesh nearer.
+    assert bool((vertices[..., 2] > 0).all())
+    near = mt.mesh_vertices(oracle._replace(camera=oracle.camera * torch.tensor([1.5, 1.0, 1.0], dtype=F64)),
+                            targets.focal, targets.center, targets.size, body)
+    assert bool((near[..., 2].mean(1) < vertices[..., 2].mean(1)).all())
+
+
+def test_mesh_vertices_rejects_mismatched_inputs(targets, body):
+    oracle = targets_as_prediction(targets)
+    with pytest.raises(ValueError, match="focal"):
+        mt.mesh_vertices(oracle, targets.focal[:1], targets.center, targets.size, body)
+    with pytest.raises(ValueError, match="chunk_size"):
+        mt.mesh_vertices(oracle, targets.focal, targets.center, targets.size, body, chunk_size=0)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 

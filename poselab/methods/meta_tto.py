@@ -90,6 +90,7 @@ __all__ = [
     "mesh_targets",
     "targets_as_prediction",
     "mesh_joints",
+    "mesh_vertices",
     "training_terms",
     "training_loss",
     "test_loss",
@@ -423,6 +424,29 @@ def mesh_joints(pred: MeshPrediction, focal: torch.Tensor, center: torch.Tensor,
                             f"{body.device}; use a network and targets of the body's dtype and device")
     translation = camera_translation(pred.camera, focal, center, size)
     return body.skeleton(to_pose_parameters(pred, translation), pred.phenotypes).joints
+
+
+@torch.no_grad()
+def mesh_vertices(pred: MeshPrediction, focal: torch.Tensor, center: torch.Tensor, size: int, body: BodyModel,
+                  chunk_size: int = 64) -> torch.Tensor:
+    """The skinned Anny meshes of predictions, in the camera frame (for overlays and PVE).
+
+    Args:
+        pred: :class:`MeshPrediction` of ``B`` samples, the body's dtype and device.
+        focal, center: ``(B, 2)`` crop pixels; size: ``S`` pixels.
+        body: the body model (faces in ``body.faces``).
+        chunk_size: bodies skinned at once (skinning is the memory-heavy part).
+
+    Returns:
+        ``(B, V, 3)`` metres, ``V = 13718``; no gradients.
+    """
+    b = _check_prediction("pred", pred)
+    _check_points("focal", focal, b, 2, None)
+    _check_points("center", center, b, 2, None)
+    check_int("chunk_size", chunk_size)
+    pose = to_pose_parameters(pred, camera_translation(pred.camera, focal, center, size))
+    return torch.cat([body.forward(pose[i:i + chunk_size], pred.phenotypes[i:i + chunk_size]).vertices
+                      for i in range(0, b, chunk_size)])
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
