@@ -154,24 +154,24 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         networks[name], networks[f"{name}/aux"] = net, aux
         metrics["runs"][name] = {"config": dict(overrides), "history": history.records,
                                  "seconds": time.perf_counter() - t}
+
+    def curves(name: str, test_set: str, targets: mt.MeshTargets, pve_steps=()) -> dict:
+        aux = networks[f"{name}/aux"]
+        return tto_curves(networks[name], aux, base.aux_weight if aux is not None else 0.0, data[test_set],
+                          targets, body, cfg["max_steps"], base.tto_lr, pve_steps=pve_steps)
+
     for test_set in TEST_SETS:
         targets = mt.mesh_targets(data[test_set], body, seed=seed + 2)
         for name in RUNS:
-            aux = networks[f"{name}/aux"]
-            metrics["curves"][test_set][name] = tto_curves(
-                networks[name], aux, base.aux_weight if aux is not None else 0.0, data[test_set], targets, body,
-                cfg["max_steps"], base.tto_lr, pve_steps=(0, cfg["tto_steps"]))
-        if test_set == "in_domain":
-            noisy = mt.mesh_targets(data[test_set], body, noise=NOISY_DETECTOR, seed=seed + 2)
-            metrics["noisy_curves"] = {name: tto_curves(
-                networks[name], networks[f"{name}/aux"], base.aux_weight if networks[f"{name}/aux"] is not None
-                else 0.0, data[test_set], noisy, body, cfg["max_steps"], base.tto_lr) for name in RUNS}
+            metrics["curves"][test_set][name] = curves(name, test_set, targets, pve_steps=(0, cfg["tto_steps"]))
         metrics["ablation"][test_set] = {}
         for row, (run_name, steps) in ROWS.items():
             curve, step = metrics["curves"][test_set][run_name], cfg["tto_steps"] if steps is None else steps
             metrics["ablation"][test_set][row] = {"mpjpe_mm": curve["mpjpe_mm"][step],
                                                   "pa_mpjpe_mm": curve["pa_mpjpe_mm"][step],
                                                   "pve_mm": curve["pve_mm"][step]}
+    noisy = mt.mesh_targets(data["in_domain"], body, noise=NOISY_DETECTOR, seed=seed + 2)
+    metrics["noisy_curves"] = {name: curves(name, "in_domain", noisy) for name in RUNS}
     artifacts = {"data": data, "networks": networks, "config": cfg}
     return Results(experiment="meta_tto", profile=profile, device=str(dev), seed=seed,
                    seconds=time.perf_counter() - start, metrics=metrics, claims=_claims(metrics), artifacts=artifacts)
