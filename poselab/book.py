@@ -9,7 +9,9 @@ lets the profile be a parameter and lets the tests reuse the same code.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,3 +192,92 @@ def strip_reference(nb) -> None:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code" and "nbval-check-output" not in cell.metadata.get("tags", []):
             cell.outputs = []
+
+
+# ------------------------------------------------------- what nbval may check
+
+CHECKED_TAG = "nbval-check-output"
+"""Cells with this tag are compared by nbval against ``tests/nbval/``."""
+
+_EXPERIMENT_CALLS = {"run_experiment", "run"}
+"""Calls whose return value is an experiment's (trained) results."""
+
+_KERNEL_DEPENDENT_CALL = re.compile(r"run_experiment|^run$|train|fit|optimi[sz]e|lambda_max|power_iteration|hessian",
+                                    re.IGNORECASE)
+"""Calls that train or iterate: their outputs depend on floating-point kernel choice."""
+
+
+def _called_names(node: ast.AST) -> set[str]:
+    names = set()
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        f = call.func
+        names.add(f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "")
+    return names
+
+
+def _read_names(node: ast.AST) -> set[str]:
+    """Names a piece of code reads, except ``x`` in ``x.outline()`` (:meth:`Results.outline` is portable)."""
+    exempt = {id(n.func.value) for n in ast.walk(node) if isinstance(n, ast.Call)
+              and isinstance(n.func, ast.Attribute) and n.func.attr == "outline"}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and id(n) not in exempt}
+
+
+def _bindings(tree: ast.AST) -> list[tuple[set[str], ast.AST]]:
+    """``(names bound, code they are bound from)`` for every binding in ``tree``."""
+    def targets(*nodes):
+        return {n.id for t in nodes for n in ast.walk(t) if isinstance(n, ast.Name)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            out.append((targets(*node.targets), node.value))
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+            out.append((targets(node.target), node.value))
+        elif isinstance(node, (ast.For, ast.comprehension)):
+            out.append((targets(node.target), node.iter))
+        elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+            out.append((targets(node.optional_vars), node.context_expr))
+        elif isinstance(node, ast.FunctionDef):  # a function that reads results returns results
+            out.append(({node.name}, node))
+    return out
+
+
+def portability_violations(nb) -> list[str]:
+    """Cells tagged ``nbval-check-output`` whose output could depend on floating-point kernels.
+
+    The rule: a checked cell may not read anything derived from an experiment's results
+    (a name bound from ``run_experiment(...)``/``<module>.run(...)``, or from such a name, in
+    any cell), except through :meth:`~poselab.results.Results.outline`, and may not call
+    code that trains or iterates (``train*``, ``fit``, ``*optimise*``, ``lambda_max``, Hessians).
+    Trained numbers differ between CPUs (AVX2, AVX-512, ARM) and thread counts; they are
+    checked by the ``regression`` tests with measured tolerances instead.
+
+    Returns one line per offending cell (empty when the notebook follows the rule).
+    """
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    trees = []
+    for i, cell in code:
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        trees.append((i, cell, ast.parse(source)))
+    bindings = [b for _, _, tree in trees for b in _bindings(tree)]
+    tainted = {name for names, value in bindings if _called_names(value) & _EXPERIMENT_CALLS for name in names}
+    while True:  # propagate through every later use, whatever the cell order
+        more = {name for names, value in bindings if _read_names(value) & tainted for name in names} - tainted
+        if not more:
+            break
+        tainted |= more
+    problems = []
+    for i, cell, tree in trees:
+        if CHECKED_TAG not in cell.metadata.get("tags", []):
+            continue
+        # Inside the cell, a name it binds itself (a loop variable) is judged by what it is bound from.
+        local = _bindings(tree)
+        here = tainted - {name for names, _ in local for name in names}
+        while more := {name for names, value in local if _read_names(value) & here for name in names} - here:
+            here |= more
+        read = sorted(_read_names(tree) & here)
+        called = sorted(n for n in _called_names(tree) if n and _KERNEL_DEPENDENT_CALL.search(n))
+        if read:
+            problems.append(f"cell {i} reads experiment results ({', '.join(read)})")
+        if called:
+            problems.append(f"cell {i} calls code that trains or iterates ({', '.join(called)})")
+    return problems

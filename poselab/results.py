@@ -108,6 +108,15 @@ class Results:
         out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.claims_rows()]
         return "\n".join(out)
 
+    def outline(self) -> str:
+        """What the run checked, without any measured value: experiment, profile, claim ids.
+
+        The same on every machine (no number in it comes out of training), so the chapters
+        print it in a cell that nbval compares.
+        """
+        ids = ", ".join(c.id for c in self.claims)
+        return f"{self.experiment} at profile {self.profile}: {len(self.claims)} claims checked ({ids})"
+
     def summary(self) -> str:
         """A readable report: header, metrics, claims table."""
         head = (f"{self.experiment}  profile={self.profile}  device={self.device}  "

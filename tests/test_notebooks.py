@@ -80,3 +80,34 @@ def test_book_renders_offline(executed, tmp_path):
         assert not re.search(r'<script[^>]+src="https?://[^"]*plotly', page), "plotly.js must be inline"
         assert "colab.research.google.com" in page, "Open-in-Colab button missing"
         assert "Paper vs this book" in page
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_checked_cells_do_not_depend_on_kernels(chapter):
+    problems = book.portability_violations(nbformat.read(chapter, as_version=4))
+    assert not problems, ("cells tagged nbval-check-output must print only what no CPU kernel changes "
+                          "(trained numbers belong in the regression tests): " + "; ".join(problems))
+
+
+def _notebook(*cells):
+    return nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(src, metadata={"tags": [book.CHECKED_TAG]} if checked else {})
+        for src, checked in cells])
+
+
+def test_portability_rule_catches_results_read_in_a_checked_cell():
+    nb = _notebook(("results = run_experiment('data', profile=PROFILE)\nm = results.metrics", False),
+                   ("rows = [m[k] for k in m]", False),
+                   ("print(rows)", True),                        # derived from results, two cells later
+                   ("print(results.outline())", True),           # the portable view is allowed
+                   ("for m in range(3):\n    print(m)", True),   # a name rebound in the cell is judged afresh
+                   ("print(landscape.lambda_max(model, batch))", True))
+    assert book.portability_violations(nb) == ["cell 2 reads experiment results (rows)",
+                                                "cell 5 calls code that trains or iterates (lambda_max)"]
+
+
+def test_portability_rule_follows_functions_that_read_results():
+    nb = _notebook(("runs = exp.run('fast')['runs']", False),
+                   ("def pck(name):\n    return runs[name]", False),
+                   ("print(pck('a'))", True))
+    assert book.portability_violations(nb) == ["cell 2 reads experiment results (pck)"]

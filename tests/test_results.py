@@ -38,3 +38,11 @@ def test_tables_show_every_claim_and_verdict():
 def test_claim_holds_must_be_a_bool_or_none():
     with pytest.raises(TypeError, match="holds must be True, False or None"):
         Claim("c", "claim", "p", "m", 1)
+
+
+def test_outline_names_the_claims_without_any_measured_value():
+    from poselab.results import Claim, Results
+
+    claims = [Claim("gap", "a gap", "10 mm", "12.3 mm", True), Claim("flat", "flatter", "x", "4.56", None)]
+    res = Results("data", "fast", "cpu", 0, 1.0, {"mpjpe_mm": 12.3}, claims)
+    assert res.outline() == "data at profile fast: 2 claims checked (gap, flat)"
