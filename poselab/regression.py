@@ -1,0 +1,128 @@
+"""Trained numbers checked with tolerances measured across CPU kernels and thread counts.
+
+Training results are bitwise reproducible on one machine at one thread count, but not across
+CPUs: PyTorch picks its kernels by instruction set (``ATEN_CPU_CAPABILITY`` = ``default``,
+``avx2``, ``avx512``; ARM has its own), and rounding differences grow through training. So a
+reference of an experiment's ``fast`` results is a value *and a tolerance* per quantity:
+
+- every run of the experiment under each setting gives one value per quantity (a leaf of
+  ``Results.to_dict()["metrics"]``, path ``a/b/c``, plus ``claims/<id>/holds``);
+- the reference value is the middle of the measured range, the **spread** is its width
+  (max - min), and the tolerance is ``MARGIN * spread`` (floored at ``REL_FLOOR * |value|``
+  for real numbers, so that a quantity equal under every measured setting still allows the
+  last digits to move on an untried CPU);
+- a quantity that is not a real number (an int, a flag, a text, a claim's verdict) must match
+  exactly when every setting agreed; when settings disagreed it is recorded as ``unstable``,
+  with the values seen, and not compared.
+
+This module flattens results, builds references from runs and compares a run with a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+MARGIN = 3.0
+"""Tolerance = MARGIN x the spread measured across settings."""
+
+REL_FLOOR = 1e-6
+"""Smallest relative tolerance of a real number (for quantities with zero measured spread)."""
+
+SETTINGS = tuple((cap, threads) for cap in ("default", "avx2", "avx512") for threads in (1, 2))
+"""``(ATEN_CPU_CAPABILITY, OMP_NUM_THREADS)`` pairs the spread is measured over (avx512 where the CPU has it)."""
+
+
+def flatten(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The quantities of a ``Results.to_dict()`` document, as ``{path: scalar}``.
+
+    Metrics leaves are numbers, flags, texts or None (a non-finite float); lists are indexed
+    (``history/3/loss``). Each claim contributes ``claims/<id>/holds``.
+    """
+    if not isinstance(results, Mapping) or "metrics" not in results or "claims" not in results:
+        got = sorted(results) if isinstance(results, Mapping) else type(results).__name__
+        raise ValueError(f"results: expected a Results.to_dict() document with 'metrics' and 'claims', got {got}")
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{prefix}/{i}", item)
+        else:
+            out[prefix] = value
+
+    walk("metrics", results["metrics"])
+    for claim in results["claims"]:
+        out[f"claims/{claim['id']}/holds"] = claim["holds"]
+    return out
+
+
+def build_reference(runs: Mapping[str, Mapping[str, Any]], margin: float = MARGIN) -> dict[str, Any]:
+    """A reference from one ``Results.to_dict()`` document per setting (``{"avx2/1": doc, ...}``).
+
+    Returns ``{"settings": [...], "margin": margin, "quantities": {path: entry}}`` where an entry
+    is ``{"value", "spread", "tolerance"}`` for a real number, ``{"value"}`` for an exact one and
+    ``{"unstable": [values seen]}`` for a non-real quantity the settings disagreed on.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"runs: expected the results of at least 2 settings to measure a spread, got {len(runs)}")
+    flat = {setting: flatten(doc) for setting, doc in runs.items()}
+    paths = set.union(*(set(f) for f in flat.values()))
+    quantities = {}
+    for path in sorted(paths):
+        values = [f.get(path, "<absent>") for f in flat.values()]
+        if all(isinstance(v, float) and math.isfinite(v) for v in values):
+            lo, hi = min(values), max(values)
+            mid = (lo + hi) / 2
+            quantities[path] = {"value": mid, "spread": hi - lo,
+                                "tolerance": max(margin * (hi - lo), REL_FLOOR * abs(mid))}
+        elif all(v == values[0] and type(v) is type(values[0]) for v in values):
+            quantities[path] = {"value": values[0]}
+        else:
+            quantities[path] = {"unstable": sorted({repr(v) for v in values})}
+    return {"settings": sorted(runs), "margin": margin, "quantities": quantities}
+
+
+def compare(results: Mapping[str, Any], reference: Mapping[str, Any]) -> list[str]:
+    """What in ``results`` (a ``Results.to_dict()`` document) falls outside ``reference``.
+
+    Returns one line per differing quantity (empty when everything is within tolerance);
+    quantities present on only one side are reported too.
+    """
+    flat = flatten(results)
+    expected = reference["quantities"]
+    problems = [f"{path}: missing from the run (the reference has it)" for path in sorted(set(expected) - set(flat))]
+    problems += [f"{path}: not in the reference (new quantity)" for path in sorted(set(flat) - set(expected))]
+    for path in sorted(set(flat) & set(expected)):
+        entry, got = expected[path], flat[path]
+        if "unstable" in entry:
+            continue
+        want = entry["value"]
+        if "tolerance" in entry:
+            ok = isinstance(got, (int, float)) and not isinstance(got, bool) and abs(got - want) <= entry["tolerance"]
+            if not ok:
+                problems.append(f"{path}: {got!r}, expected {want:.6g} +- {entry['tolerance']:.3g} "
+                                f"(measured spread {entry['spread']:.3g})")
+        elif got != want or type(got) is not type(want):
+            problems.append(f"{path}: {got!r}, expected exactly {want!r}")
+    return problems
+
+
+def describe(reference: Mapping[str, Any], top: int = 10) -> str:
+    """A short report: how many quantities are checked how, and the widest relative spreads."""
+    q = reference["quantities"]
+    real = {p: e for p, e in q.items() if "tolerance" in e}
+    exact = [p for p, e in q.items() if "value" in e and "tolerance" not in e]
+    unstable = [p for p, e in q.items() if "unstable" in e]
+    lines = [f"{len(real)} real quantities with tolerances, {len(exact)} exact, {len(unstable)} unstable "
+             f"(settings {', '.join(reference['settings'])})"]
+    widest = sorted(real.items(), key=lambda pe: -pe[1]["spread"] / max(abs(pe[1]["value"]), 1e-12))[:top]
+    lines += [f"  {p}: {e['value']:.6g}, spread {e['spread']:.3g} ({100 * e['spread'] / max(abs(e['value']), 1e-12):.2f} %)"
+              for p, e in widest]
+    lines += [f"  unstable {p}: {', '.join(q[p]['unstable'])}" for p in unstable[:top]]
+    return "\n".join(lines)
+

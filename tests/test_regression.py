@@ -1,0 +1,61 @@
+"""poselab.regression: flattening results, references from runs under several settings, comparison."""
+
+import pytest
+
+from poselab import regression
+
+
+def _doc(mpjpe, samples=10, holds=True, flag=True):
+    return {"metrics": {"test": {"mpjpe_mm": mpjpe, "samples": samples}, "curve": [1.0, mpjpe], "ok": flag},
+            "claims": [{"id": "gap", "holds": holds}]}
+
+
+def test_flatten_names_every_leaf_and_each_claim_verdict():
+    assert regression.flatten(_doc(100.0)) == {"metrics/test/mpjpe_mm": 100.0, "metrics/test/samples": 10,
+                                               "metrics/curve/0": 1.0, "metrics/curve/1": 100.0,
+                                               "metrics/ok": True, "claims/gap/holds": True}
+
+
+def test_flatten_refuses_what_is_not_a_results_document():
+    with pytest.raises(ValueError, match="metrics"):
+        regression.flatten({"claims": []})
+
+
+def test_reference_takes_the_middle_the_spread_and_a_margin():
+    ref = regression.build_reference({"a": _doc(100.0), "b": _doc(102.0), "c": _doc(101.0)}, margin=3.0)
+    entry = ref["quantities"]["metrics/test/mpjpe_mm"]
+    assert entry == {"value": 101.0, "spread": 2.0, "tolerance": 6.0}
+    assert ref["quantities"]["metrics/test/samples"] == {"value": 10}
+    assert ref["quantities"]["metrics/curve/0"]["tolerance"] == pytest.approx(regression.REL_FLOOR)
+    assert ref["settings"] == ["a", "b", "c"]
+
+
+def test_a_verdict_the_settings_disagree_on_is_unstable_and_not_compared():
+    ref = regression.build_reference({"a": _doc(100.0, holds=True), "b": _doc(100.0, holds=False)})
+    assert ref["quantities"]["claims/gap/holds"] == {"unstable": ["False", "True"]}
+    assert regression.compare(_doc(100.0, holds=None), ref) == []
+
+
+def test_compare_reports_what_leaves_its_tolerance_or_changes_exactly():
+    ref = regression.build_reference({"a": _doc(100.0), "b": _doc(102.0)}, margin=3.0)  # 101 +- 6
+    assert regression.compare(_doc(106.9), ref) == []
+    problems = regression.compare(_doc(107.5, samples=11, flag=False), ref)
+    assert [p.split(":")[0] for p in problems] == ["metrics/curve/1", "metrics/ok", "metrics/test/mpjpe_mm",
+                                                   "metrics/test/samples"]
+    assert problems[1] == "metrics/ok: False, expected exactly True"
+    assert problems[2] == "metrics/test/mpjpe_mm: 107.5, expected 101 +- 6 (measured spread 2)"
+    assert problems[3] == "metrics/test/samples: 11, expected exactly 10"
+
+
+def test_compare_reports_quantities_on_one_side_only():
+    ref = regression.build_reference({"a": _doc(100.0), "b": _doc(100.0)})
+    doc = _doc(100.0)
+    doc["metrics"]["new"] = 1.0
+    del doc["metrics"]["ok"]
+    assert regression.compare(doc, ref) == ["metrics/ok: missing from the run (the reference has it)",
+                                            "metrics/new: not in the reference (new quantity)"]
+
+
+def test_a_reference_needs_two_settings():
+    with pytest.raises(ValueError, match="at least 2"):
+        regression.build_reference({"a": _doc(1.0)})
