@@ -21,11 +21,15 @@ This module flattens results, builds references from runs and compares a run wit
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 MARGIN = 3.0
 """Tolerance = MARGIN x the spread measured across settings."""
+
+TIMING = re.compile(r"(^|_)(seconds|ms)($|_)")
+"""Keys of timings (``train_seconds``, ``step_ms``): wall-clock measurements, never compared."""
 
 REL_FLOOR = 1e-6
 """Smallest relative tolerance of a real number (for quantities with zero measured spread)."""
@@ -38,7 +42,8 @@ def flatten(results: Mapping[str, Any]) -> dict[str, Any]:
     """The quantities of a ``Results.to_dict()`` document, as ``{path: scalar}``.
 
     Metrics leaves are numbers, flags, texts or None (a non-finite float); lists are indexed
-    (``history/3/loss``). Each claim contributes ``claims/<id>/holds``.
+    (``history/3/loss``). Each claim contributes ``claims/<id>/holds``. Timings (keys matching
+    :data:`TIMING`) are left out: they measure the machine, not the numerics.
     """
     if not isinstance(results, Mapping) or "metrics" not in results or "claims" not in results:
         got = sorted(results) if isinstance(results, Mapping) else type(results).__name__
@@ -48,7 +53,8 @@ def flatten(results: Mapping[str, Any]) -> dict[str, Any]:
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, Mapping):
             for key, item in value.items():
-                walk(f"{prefix}/{key}", item)
+                if not TIMING.search(str(key)):
+                    walk(f"{prefix}/{key}", item)
         elif isinstance(value, (list, tuple)):
             for i, item in enumerate(value):
                 walk(f"{prefix}/{i}", item)

@@ -16,6 +16,12 @@ def test_flatten_names_every_leaf_and_each_claim_verdict():
                                                "metrics/ok": True, "claims/gap/holds": True}
 
 
+def test_flatten_leaves_out_timings():
+    doc = _doc(100.0)
+    doc["metrics"]["test"].update(train_seconds=2.1, step_ms={"mlp": 3.0}, seconds_per_epoch=1.0)
+    assert regression.flatten(doc) == regression.flatten(_doc(100.0))
+
+
 def test_flatten_refuses_what_is_not_a_results_document():
     with pytest.raises(ValueError, match="metrics"):
         regression.flatten({"claims": []})
