@@ -6,6 +6,7 @@ came, so that a wrong call fails at the line that made it.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,35 @@ def check_same_shape(**arrays: torch.Tensor | np.ndarray) -> None:
         raise ValueError(f"expected arrays of equal shape, got {desc}")
 
 
+def as_number(arg: str, value: Any) -> int | float:
+    """``value`` as a plain number, accepting NumPy and torch scalars; ``TypeError`` naming ``arg`` otherwise.
+
+    Accepted: Python ``int``/``float`` (returned as they are, so ``np.float64``, a ``float``
+    subclass, stays itself), NumPy scalars (``np.float32(0.1)``, ``np.int64(2)``), 0-d NumPy
+    arrays and 0-d torch tensors of an integer or floating dtype (returned as ``.item()``: a
+    Python ``int`` or ``float`` with the scalar's exact value). Refused: booleans (``True``,
+    ``np.bool_``, bool arrays), complex numbers, arrays with more than one element and
+    anything else. The value is not range-checked (NaN passes).
+    """
+    zero_d = isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0
+    if isinstance(value, (bool, np.bool_)) or (zero_d and value.dtype in (np.bool_, torch.bool)):
+        raise TypeError(f"{arg}: expected a number, got bool {value!r}")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool \
+            and not value.is_complex():
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        what = f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    else:
+        what = f"{type(value).__name__} {value!r}"
+    raise TypeError(f"{arg}: expected a number (int, float, or a NumPy/torch integer or floating scalar), got {what}")
+
+
 def check_positive(arg: str, value: float, *, allow_zero: bool = False) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -68,6 +98,28 @@ def check_positive(arg: str, value: float, *, allow_zero: bool = False) -> float
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{arg}: expected a finite number {bound}, got {value!r}")
     return value
+
+
+def check_positive_number(arg: str, value: Any, *, allow_zero: bool = False) -> int | float:
+    """:func:`check_positive` that also accepts NumPy and torch scalars (see :func:`as_number`).
+
+    Returns the value as a plain number (Python numbers unchanged); raises ``ValueError``
+    naming ``arg`` unless it is a finite number > 0 (or >= 0). Booleans are refused.
+    """
+    try:
+        number = as_number(arg, value)
+    except TypeError:
+        number = None
+    try:
+        finite = number is not None and math.isfinite(number)
+    except OverflowError:  # a Python int beyond the float range
+        finite = False
+    ok = finite and (number >= 0 if allow_zero else number > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        shown = f"{type(value).__name__} {value!r}" if not isinstance(value, (int, float)) else repr(value)
+        raise ValueError(f"{arg}: expected a finite number {bound} (a Python, NumPy or torch scalar), got {shown}")
+    return number
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

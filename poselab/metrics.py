@@ -14,6 +14,10 @@ Conventions shared by every function here:
 * **Shapes.** Poses are ``(..., J, D)``: any number of leading sample dimensions (``...``,
   typically ``(N,)``), ``J`` joints, ``D = 3`` (or 2 for :func:`pck2d`). Shapes are checked;
   empty or non-finite input raises ``ValueError``.
+* **Numbers.** Wherever a number is taken (``threshold``, ``alpha``, a scalar ``ref_size``,
+  ``root``, the entries of ``thresholds``), Python numbers, NumPy scalars (``np.float32(0.1)``,
+  ``np.int64(2)``), 0-d arrays and 0-d tensors are accepted; booleans are refused. Arrays must
+  have a numeric dtype: an object array is refused with an error naming the argument.
 * **Reductions.** ``reduction="mean"`` gives one scalar over all samples and joints;
   ``"none"`` gives one value per sample, shape ``(...)``; ``"joint"`` (where offered) gives
   one value per joint, shape ``(J,)``, averaged over the samples. The structural metrics
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from poselab.checks import check_choice, check_positive, check_same_shape
+from poselab.checks import as_number, check_choice, check_positive_number, check_same_shape
 
 __all__ = [
     "above_threshold_ratio",
@@ -75,7 +79,18 @@ def _to_torch(arrays: dict[str, Array]) -> tuple[list[torch.Tensor], bool]:
         desc = ", ".join(f"{n} {k}" for n, k in kinds.items())
         raise TypeError(f"expected all arrays to be torch tensors or all numpy arrays, got {desc}")
     is_numpy = next(iter(kinds.values())) == "numpy"
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) if is_numpy else a for a in arrays.values()]
+    if not is_numpy:
+        return list(arrays.values()), is_numpy
+    tensors = []
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biufc":
+            raise TypeError(f"{name}: expected a numeric array (floating-point, or bool for masks), got a "
+                            f"numpy.ndarray of dtype {a.dtype} (convert it with np.asarray(..., dtype=float))")
+        try:
+            tensors.append(torch.from_numpy(np.ascontiguousarray(a)))
+        except TypeError as exc:  # a numeric dtype torch has no counterpart for
+            raise TypeError(f"{name}: numpy dtype {a.dtype} is not supported; expected a floating-point array "
+                            f"({exc})") from None
     return tensors, is_numpy
 
 
@@ -272,11 +287,17 @@ def p_mpjpe(pred: Array, target: Array, reduction: str = "mean") -> Array:
     return _back(_reduce_joints(_distances(_procrustes(p, t), t), reduction), is_numpy)
 
 
-def _check_root(root: int | None, num_joints: int) -> None:
+def _check_root(root: Any, num_joints: int) -> int | None:
+    """``root`` as a Python int (NumPy/torch integer scalars accepted), or ``None``."""
     if root is None:
-        return
-    if not isinstance(root, int) or isinstance(root, bool) or not 0 <= root < num_joints:
+        return None
+    try:
+        index = as_number("root", root)
+    except TypeError:
+        index = None
+    if not isinstance(index, int) or not 0 <= index < num_joints:
         raise ValueError(f"root: expected None or a joint index in [0, {num_joints}), got {root!r}")
+    return index
 
 
 def _scale_align(p: torch.Tensor, t: torch.Tensor, root: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,7 +327,7 @@ def scale_align(pred: Array, target: Array, root: int | None = 0) -> Array:
         ``(..., J, 3)`` metres.
     """
     p, t, is_numpy = _pair("pred", "target", pred, target)
-    _check_root(root, p.shape[-2])
+    root = _check_root(root, p.shape[-2])
     aligned, _ = _scale_align(p, t, root)
     if root is not None:
         aligned = aligned + t[..., root : root + 1, :]
@@ -331,7 +352,7 @@ def n_mpjpe(pred: Array, target: Array, reduction: str = "mean", root: int | Non
     """
     check_choice("reduction", reduction, _POINT_REDUCTIONS)
     p, t, is_numpy = _pair("pred", "target", pred, target)
-    _check_root(root, p.shape[-2])
+    root = _check_root(root, p.shape[-2])
     aligned, t_c = _scale_align(p, t, root)
     return _back(_reduce_joints(_distances(aligned, t_c), reduction), is_numpy)
 
@@ -357,7 +378,7 @@ def pck3d(pred: Array, target: Array, threshold: float = 0.150, reduction: str =
         Fraction in [0, 1] (not percent). Not differentiable (a count).
     """
     check_choice("reduction", reduction, _POINT_REDUCTIONS)
-    check_positive("threshold", threshold)
+    threshold = check_positive_number("threshold", threshold)
     p, t, is_numpy = _pair("pred", "target", pred, target)
     correct = (_distances(p, t) < threshold).to(p.dtype)
     return _back(_reduce_joints(correct, reduction), is_numpy)
@@ -367,8 +388,22 @@ def _thresholds(thresholds: Any, like: torch.Tensor) -> torch.Tensor:
     if thresholds is None:
         thresholds = AUC_THRESHOLDS
     if isinstance(thresholds, torch.Tensor):
+        if thresholds.dtype == torch.bool or thresholds.is_complex():
+            raise TypeError(f"thresholds: expected a numeric (integer or floating-point) array, got dtype "
+                            f"{thresholds.dtype}")
         thr = thresholds.detach().to(device=like.device, dtype=like.dtype)
     else:
+        if isinstance(thresholds, np.ndarray) and thresholds.dtype.kind not in "iuf":
+            raise TypeError(f"thresholds: expected a numeric (integer or floating-point) array, got a "
+                            f"numpy.ndarray of dtype {thresholds.dtype}")
+        if isinstance(thresholds, (list, tuple)):  # entries may be NumPy/torch scalars; no booleans
+            values = []
+            for i, v in enumerate(thresholds):
+                try:
+                    values.append(as_number(f"thresholds[{i}]", v))
+                except TypeError as exc:
+                    raise ValueError(f"thresholds: expected a 1-D sequence of numbers; {exc}") from None
+            thresholds = values
         try:
             thr = torch.as_tensor(np.asarray(thresholds, dtype=np.float64), dtype=like.dtype, device=like.device)
         except (TypeError, ValueError) as exc:
@@ -411,7 +446,7 @@ def pck2d(pred: Array, target: Array, alpha: float, ref_size: Array | float, vis
         pred, target: ``(..., J, 2)``, e.g. pixels.
         alpha: fraction of the reference size, > 0 (e.g. 0.05, 0.2).
         ref_size: ``(...)`` per-sample reference sizes (> 0, same unit as the points), or one
-            number for all samples.
+            number for all samples (a Python/NumPy scalar or a 0-d array/tensor).
         visible: optional ``(...,  J)`` bool mask; default all visible.
         reduction: ``"mean"`` -> correct / visible over everything; ``"none"`` -> ``(...)``
             per sample; ``"joint"`` -> ``(J,)`` per joint over samples. A group with no
@@ -421,10 +456,13 @@ def pck2d(pred: Array, target: Array, alpha: float, ref_size: Array | float, vis
         Fraction in [0, 1].
     """
     check_choice("reduction", reduction, _POINT_REDUCTIONS)
-    check_positive("alpha", alpha)
+    alpha = check_positive_number("alpha", alpha)
     arrays = {"pred": pred, "target": target}
-    scalar_ref = isinstance(ref_size, (int, float)) and not isinstance(ref_size, bool)
-    if not scalar_ref:
+    scalar_ref = isinstance(ref_size, (int, float, np.generic)) or (
+        isinstance(ref_size, (np.ndarray, torch.Tensor)) and ref_size.ndim == 0)
+    if scalar_ref:  # one number for all samples (booleans refused)
+        ref_size = check_positive_number("ref_size", ref_size)
+    else:
         arrays["ref_size"] = ref_size
     if visible is not None:
         arrays["visible"] = visible
@@ -432,7 +470,6 @@ def pck2d(pred: Array, target: Array, alpha: float, ref_size: Array | float, vis
     p, t, _ = _pair("pred", "target", tensors[0], tensors[1], dim=2)
     lead = tuple(p.shape[:-2])
     if scalar_ref:
-        check_positive("ref_size", float(ref_size))
         ref = torch.full(lead, float(ref_size), dtype=p.dtype, device=p.device)
     else:
         ref = tensors[2]
@@ -483,6 +520,9 @@ def _index_array(arg: str, value: Any, tail: tuple[int, ...], num_joints: int, d
     except (TypeError, ValueError):
         idx = None
     want = "(parent, child) pairs" if tail == (2,) else "((left_parent, left_child), (right_parent, right_child)) pairs"
+    if idx is not None and idx.size > 0 and not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{arg}: expected {want} of integer joint indices (a numeric integer array), got dtype "
+                         f"{idx.dtype}: {value!r}")
     if idx is None or idx.ndim != 1 + len(tail) or tuple(idx.shape[1:]) != tail or idx.shape[0] == 0 \
             or not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"{arg}: expected a non-empty sequence of {want} of joint indices, got {value!r}")
@@ -490,6 +530,19 @@ def _index_array(arg: str, value: Any, tail: tuple[int, ...], num_joints: int, d
         raise ValueError(f"{arg}: joint indices must lie in [0, {num_joints}) for poses with {num_joints} joints, "
                          f"got indices from {idx.min()} to {idx.max()} (pass the limbs of the skeleton the poses use)")
     return torch.as_tensor(idx, dtype=torch.long, device=device)
+
+
+def _check_skeleton_joints(arg: str, x: torch.Tensor, source: Any, what: str, default: bool) -> None:
+    """If the limbs come from a skeleton object, ``x`` must have that skeleton's joint count."""
+    expected = getattr(source, "num_joints", None)
+    if expected is None or x.shape[-2] == expected:
+        return
+    name = getattr(source, "name", type(source).__name__)
+    origin = f"the default skeleton {name!r}" if default else f"skeleton {name!r}"
+    raise ValueError(
+        f"{arg}: expected {expected} joints, the joint count of {origin} whose {what} are used, got {x.shape[-2]} "
+        f"joints (shape {tuple(x.shape)}); pass poses in that layout, or the {what} of the skeleton the poses use"
+    )
 
 
 def _segment_lengths(x: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
@@ -519,7 +572,8 @@ def lse(pose: Array, symmetric_limbs: Any = None, reduction: str = "mean") -> Ar
         pose: ``(..., J, 3)``; any unit (the ratio is scale-free).
         symmetric_limbs: ``((lp, lc), (rp, rc))`` pairs of joint indices, or an object with a
             ``.symmetric_limbs`` attribute (a ``poselab.data.skeleton.Skeleton``); default
-            ``H36M17``.
+            ``H36M17``. With a skeleton (or the default) ``pose`` must have its ``J``
+            (``ValueError`` naming both counts); with bare pairs every index must be ``< J``.
         reduction: ``"mean"`` -> scalar over samples and pairs; ``"none"`` -> ``(..., P)``,
             one value per sample and limb pair (feed to :func:`above_threshold_ratio`).
 
@@ -529,6 +583,8 @@ def lse(pose: Array, symmetric_limbs: Any = None, reduction: str = "mean") -> Ar
     check_choice("reduction", reduction, _STRUCT_REDUCTIONS)
     (x,), is_numpy = _to_torch({"pose": pose})
     _check_points("pose", x)
+    source = _default_skeleton() if symmetric_limbs is None else symmetric_limbs
+    _check_skeleton_joints("pose", x, source, "symmetric limbs", symmetric_limbs is None)
     pairs = _index_array("symmetric_limbs", _resolve_symmetric(symmetric_limbs), (2, 2), x.shape[-2], x.device)
     left = _segment_lengths(x, pairs[:, 0])
     right = _segment_lengths(x, pairs[:, 1])
@@ -539,8 +595,10 @@ def lse(pose: Array, symmetric_limbs: Any = None, reduction: str = "mean") -> Ar
     return _back(_reduce_struct(value, reduction), is_numpy)
 
 
-def _relative_length_error(pred: Array, target: Array, segments: Any, arg: str, reduction: str) -> Array:
+def _relative_length_error(pred: Array, target: Array, segments: Any, arg: str, reduction: str,
+                           source: Any = None, what: str = "", default: bool = False) -> Array:
     p, t, is_numpy = _pair("pred", "target", pred, target)
+    _check_skeleton_joints("pred", p, source, what, default)
     seg = _index_array(arg, segments, (2,), p.shape[-2], p.device)
     lp, lt = _segment_lengths(p, seg), _segment_lengths(t, seg)
     if bool((lt == 0).any()):
@@ -560,17 +618,18 @@ def bsle(pred: Array, target: Array, limbs: Any = None, reduction: str = "mean")
     Args:
         pred, target: ``(..., J, 3)``; target segments must have non-zero length.
         limbs: ``(parent, child)`` pairs, or an object with a ``.limbs`` attribute (a
-            ``Skeleton``, whose ``.limbs`` are all its bones); default ``H36M17``.
+            ``Skeleton``, whose ``.limbs`` are all its bones); default ``H36M17``. With a
+            skeleton (or the default) the poses must have its ``J`` (``ValueError`` naming both
+            counts); with bare pairs every index must be ``< J``.
         reduction: ``"mean"`` -> scalar; ``"none"`` -> ``(..., L)`` per sample and segment.
 
     Returns:
         Unitless ratio.
     """
     check_choice("reduction", reduction, _STRUCT_REDUCTIONS)
-    if limbs is None:
-        limbs = _default_skeleton().limbs
-    limbs = getattr(limbs, "limbs", limbs)
-    return _relative_length_error(pred, target, limbs, "limbs", reduction)
+    source = _default_skeleton() if limbs is None else limbs
+    return _relative_length_error(pred, target, getattr(source, "limbs", source), "limbs", reduction,
+                                  source, "limbs", limbs is None)
 
 
 def lle(pred: Array, target: Array, symmetric_limbs: Any = None, reduction: str = "mean") -> Array:
@@ -583,7 +642,8 @@ def lle(pred: Array, target: Array, symmetric_limbs: Any = None, reduction: str 
     Args:
         pred, target: ``(..., J, 3)``; target segments must have non-zero length.
         symmetric_limbs: ``((lp, lc), (rp, rc))`` pairs, or an object with a
-            ``.symmetric_limbs`` attribute; default ``H36M17``.
+            ``.symmetric_limbs`` attribute; default ``H36M17``. With a skeleton (or the
+            default) the poses must have its ``J``; with bare pairs every index must be ``< J``.
         reduction: ``"mean"`` -> scalar; ``"none"`` -> ``(..., 2P)`` per sample and segment.
 
     Returns:
@@ -598,7 +658,9 @@ def lle(pred: Array, target: Array, symmetric_limbs: Any = None, reduction: str 
     if arr is None or arr.ndim != 3 or arr.shape[1:] != (2, 2):
         raise ValueError("symmetric_limbs: expected a non-empty sequence of ((left_parent, left_child), "
                          f"(right_parent, right_child)) pairs of joint indices, got {pairs!r}")
-    return _relative_length_error(pred, target, arr.reshape(-1, 2), "symmetric_limbs", reduction)
+    source = _default_skeleton() if symmetric_limbs is None else symmetric_limbs
+    return _relative_length_error(pred, target, arr.reshape(-1, 2), "symmetric_limbs", reduction,
+                                  source, "symmetric limbs", symmetric_limbs is None)
 
 
 def above_threshold_ratio(values: Array, threshold: float, reduction: str = "mean") -> Array:
@@ -620,7 +682,7 @@ def above_threshold_ratio(values: Array, threshold: float, reduction: str = "mea
         Fraction in [0, 1] (the paper prints percentages).
     """
     check_choice("reduction", reduction, _STRUCT_REDUCTIONS)
-    check_positive("threshold", threshold, allow_zero=True)
+    threshold = check_positive_number("threshold", threshold, allow_zero=True)
     (v,), is_numpy = _to_torch({"values": values})
     _check_float("values", v)
     if v.ndim < 1:

@@ -78,3 +78,42 @@ def test_check_int():
         check_int("n", True)
     with pytest.raises(TypeError, match="got float 2.0"):
         check_int("n", 2.0)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2, 2), (0.25, 0.25), (np.float32(0.5), 0.5), (np.float64(0.1), 0.1), (np.int64(3), 3), (np.uint8(7), 7),
+    (np.array(1.5), 1.5), (np.array(4, dtype=np.int16), 4), (torch.tensor(0.75), 0.75), (torch.tensor(5), 5),
+])
+def test_as_number_accepts_numpy_and_torch_scalars(value, expected):
+    from poselab.checks import as_number
+
+    out = as_number("x", value)
+    assert out == expected and type(out) in (int, float, np.float64)
+    assert isinstance(out, int) == isinstance(expected, int)
+
+
+def test_as_number_keeps_python_numbers_and_exact_float32_value():
+    from poselab.checks import as_number
+
+    half = np.float64(0.5)
+    assert as_number("x", half) is half  # a float subclass: returned as it is
+    assert as_number("x", np.float32(0.1)) == 0.10000000149011612  # the float32 value, not 0.1
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(False), np.array(True), torch.tensor(True), "1", None, [1.0],
+                                   np.array([1.0, 2.0]), torch.tensor([1.0]), 1 + 2j, torch.tensor(1j)])
+def test_as_number_refuses_bools_and_non_scalars(value):
+    from poselab.checks import as_number
+
+    with pytest.raises(TypeError, match="x: expected a number"):
+        as_number("x", value)
+
+
+def test_check_positive_number():
+    from poselab.checks import check_positive_number
+
+    assert check_positive_number("alpha", np.float32(0.5)) == 0.5
+    assert check_positive_number("alpha", torch.tensor(0, dtype=torch.int64), allow_zero=True) == 0
+    for bad in (0, -1.0, np.float32("nan"), torch.tensor(float("inf")), True, np.array([1.0]), "1", 10**400):
+        with pytest.raises(ValueError, match="alpha: expected a finite number > 0"):
+            check_positive_number("alpha", bad)

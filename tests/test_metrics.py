@@ -448,3 +448,143 @@ def test_bad_reduction_lists_choices():
         M.mpjpe(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), reduction="sum")
     with pytest.raises(ValueError, match="'mean', 'none'"):
         M.lse(_toy(0.3, 0.2), TOY_SYMMETRIC, reduction="joint")
+
+
+# ----------------------------------------------------------------------------- NumPy / torch scalars
+
+# One number in every spelling a caller may have it in: all must give the result of the plain float.
+SCALARS = {
+    "np.float32": lambda v: np.float32(v),
+    "np.float64": lambda v: np.float64(v),
+    "0-d array": lambda v: np.array(v),
+    "0-d float32 array": lambda v: np.array(v, dtype=np.float32),
+    "0-d tensor": lambda v: torch.tensor(v),
+    "0-d float64 tensor": lambda v: torch.tensor(v, dtype=F64),
+}
+BOOLS = [True, np.bool_(True), np.array(True), torch.tensor(True)]
+
+
+@pytest.mark.parametrize("spelling", sorted(SCALARS))
+def test_float_scalars_accepted_wherever_a_number_is(spelling):
+    as_ = SCALARS[spelling]
+    pred, target = _errors_pose([0.1, 0.2])  # errors 0.1 and 0.2 m
+    assert M.pck3d(pred, target, threshold=as_(0.15)).item() == 0.5
+    assert M.pck3d(pred, target, threshold=as_(0.25)).item() == 1.0
+    assert M.auc3d(pred, target, thresholds=[as_(0.05), as_(0.15), as_(0.25)]).item() == pytest.approx(0.5)
+    values = torch.tensor([[0.05, 0.15, 0.25]], dtype=F64)
+    assert M.above_threshold_ratio(values, as_(0.1)).item() == pytest.approx(2 / 3)
+    assert M.above_threshold_ratio(values, as_(0.0)).item() == 1.0
+    # pck2d: errors 1, 5 and 20 px; alpha * ref_size = 0.5 * 20 = 10 px -> 2 of 3 correct
+    target2 = torch.zeros(1, 3, 2, dtype=F64)
+    pred2 = target2.clone()
+    pred2[0, :, 0] = torch.tensor([1.0, 5.0, 20.0])
+    assert M.pck2d(pred2, target2, as_(0.5), 20.0).item() == pytest.approx(2 / 3)
+    assert M.pck2d(pred2, target2, 0.5, as_(20.0)).item() == pytest.approx(2 / 3)
+    assert M.pck2d(pred2.numpy(), target2.numpy(), as_(0.5), as_(20.0)) == pytest.approx(2 / 3)
+
+
+def test_np_float32_threshold_means_its_own_value():
+    # np.float32(0.1) is 0.100000001490116...: an error of exactly 0.1 (float64) lies below it.
+    pred, target = _errors_pose([0.1])
+    assert M.pck3d(pred, target, threshold=np.float32(0.1)).item() == 1.0
+    assert M.pck3d(pred, target, threshold=0.1).item() == 0.0  # strict: 0.1 < 0.1 is false
+
+
+@pytest.mark.parametrize("spelling", ["np.int64", "np.int32", "0-d int array", "0-d int tensor"])
+def test_integer_scalars_accepted_for_numbers_and_root(spelling):
+    as_ = {"np.int64": np.int64, "np.int32": np.int32, "0-d int array": np.array,
+           "0-d int tensor": torch.tensor}[spelling]
+    pred, target = _errors_pose([0.5, 2.5])
+    assert M.pck3d(pred, target, threshold=as_(2)).item() == 0.5
+    assert M.pck2d(torch.ones(1, 2, 2, dtype=F64), torch.zeros(1, 2, 2, dtype=F64), 0.5, as_(2)).item() == 0.0
+    target = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0.0, 1, 0]], dtype=F64)
+    pred = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [0.0, 1, 0]], dtype=F64)
+    assert M.n_mpjpe(pred, target, root=as_(0)).item() == M.n_mpjpe(pred, target, root=0).item()
+    torch.testing.assert_close(M.scale_align(pred, target, root=as_(1)), M.scale_align(pred, target, root=1))
+
+
+@pytest.mark.parametrize("flag", BOOLS, ids=["bool", "np.bool_", "0-d bool array", "0-d bool tensor"])
+def test_booleans_are_not_numbers(flag):
+    pred, target = _errors_pose([0.1, 0.2])
+    with pytest.raises(ValueError, match="threshold: expected a finite number > 0"):
+        M.pck3d(pred, target, threshold=flag)
+    with pytest.raises(ValueError, match="threshold: expected a finite number >= 0"):
+        M.above_threshold_ratio(torch.tensor([[0.05, 0.15]], dtype=F64), flag)
+    with pytest.raises(ValueError, match="alpha"):
+        M.pck2d(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), flag, 1.0)
+    with pytest.raises(ValueError, match="ref_size"):
+        M.pck2d(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), 0.1, flag)
+    with pytest.raises(ValueError, match=r"thresholds\[1\]: expected a number, got bool"):
+        M.auc3d(pred, target, thresholds=[0.1, flag])
+    with pytest.raises(ValueError, match="root"):
+        M.n_mpjpe(pred, target, root=flag)
+
+
+def test_bool_and_non_scalar_numbers_refused():
+    pred, target = _errors_pose([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"threshold: expected a finite number > 0 .*got ndarray array\(\[0.1, "):
+        M.pck3d(pred, target, threshold=np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="threshold: expected a finite number > 0"):
+        M.pck3d(pred, target, threshold=torch.tensor(float("nan")))
+    with pytest.raises(TypeError, match="thresholds: expected a numeric .* dtype torch.bool"):
+        M.auc3d(pred, target, thresholds=torch.tensor([True, False]))
+    with pytest.raises(TypeError, match="thresholds: expected a numeric .* dtype bool"):
+        M.auc3d(pred, target, thresholds=np.array([True, False]))
+    with pytest.raises(ValueError, match="root"):
+        M.n_mpjpe(pred, target, root=np.float64(0.0))  # an index must be an integer
+
+
+# ----------------------------------------------------------------------------- object arrays
+
+
+def test_object_arrays_name_the_argument():
+    good = np.zeros((1, 4, 3))
+    boxed = np.array([[[0.0, 0, 0]] * 4], dtype=object)
+    message = r"expected a numeric array .*got a numpy.ndarray of dtype object"
+    with pytest.raises(TypeError, match="pred: " + message):
+        M.mpjpe(boxed, good)
+    with pytest.raises(TypeError, match="target: " + message):
+        M.p_mpjpe(good, boxed)
+    with pytest.raises(TypeError, match="pose: " + message):
+        M.lse(boxed, TOY_SYMMETRIC)
+    with pytest.raises(TypeError, match="values: " + message):
+        M.above_threshold_ratio(np.array([[0.1, 0.2]], dtype=object), 0.1)
+    with pytest.raises(TypeError, match="heatmaps: " + message):
+        M.heatmap_response(np.zeros((1, 1, 2, 2), dtype=object))
+    two = np.zeros((1, 3, 2))
+    with pytest.raises(TypeError, match="ref_size: " + message):
+        M.pck2d(two, two, 0.1, np.array([1.0], dtype=object))
+    with pytest.raises(TypeError, match="visible: " + message):
+        M.pck2d(two, two, 0.1, 1.0, visible=np.array([[True] * 3], dtype=object))
+    with pytest.raises(TypeError, match="thresholds: expected a numeric .* dtype object"):
+        M.auc3d(good, good, thresholds=np.array([0.1, 0.2], dtype=object))
+    with pytest.raises(TypeError, match=r"pred: expected a numeric array .* dtype <U3"):
+        M.mpjpe(np.array([[["0.1"] * 3] * 4]), good)
+    with pytest.raises(ValueError, match="limbs: expected .* integer joint indices .* got dtype object"):
+        M.bsle(good, good + 1.0, np.array([(0, 1), (0, 2)], dtype=object))
+
+
+# ----------------------------------------------------------------------------- joint counts
+
+
+def test_structural_metrics_refuse_poses_of_another_skeleton():
+    skeleton = pytest.importorskip("poselab.data.skeleton")
+    h36m, cmu = skeleton.H36M17, skeleton.CMU31
+    poses31 = random_poses(3, n=2, j=31)
+    poses16 = random_poses(3, n=2, j=16)
+    # the default H36M17 with 31 joints: every index is < 31, so this used to pass silently
+    with pytest.raises(ValueError, match=r"pose: expected 17 joints, the joint count of the default skeleton "
+                                         r"'h36m17'.*got 31 joints \(shape \(2, 31, 3\)\)"):
+        M.lse(poses31)
+    with pytest.raises(ValueError, match=r"pred: expected 17 joints.*'h36m17'.*limbs.*got 31 joints"):
+        M.bsle(poses31, poses31)
+    with pytest.raises(ValueError, match=r"pred: expected 17 joints.*symmetric limbs.*got 16 joints"):
+        M.lle(poses16, poses16)
+    with pytest.raises(ValueError, match=r"pose: expected 31 joints, the joint count of skeleton 'cmu31'.*got 17"):
+        M.lse(random_poses(3, n=2), cmu)
+    with pytest.raises(ValueError, match=r"pred: expected 17 joints.*skeleton 'h36m17'.*got 16 joints"):
+        M.bsle(poses16, poses16, h36m)
+    # bare index pairs know no joint count: only the indices are checked against J
+    with pytest.raises(ValueError, match=r"joint indices must lie in \[0, 16\) for poses with 16 joints"):
+        M.lle(poses16, poses16, h36m.symmetric_limbs)
+    assert M.lse(poses31, cmu, reduction="none").shape == (2, len(cmu.symmetric_limbs))

@@ -1,5 +1,6 @@
 import csv
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,100 @@ def _rot(axis: str, degrees: float) -> np.ndarray:
         "Z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
     }[axis]
 
+
+
+# Joints below the root with position channels, interleaved with the rotations in a non-standard order.
+# A: 6 channels "Zrotation Xposition Yrotation Yposition Zposition Xrotation" (rotation order Z, Y, X);
+# B: only Yposition (its OFFSET x and z stay). 6 + 6 + 4 = 16 values per frame.
+TRANSLATED = """HIERARCHY
+ROOT R
+{
+  OFFSET 0 0 0
+  CHANNELS 6 Xposition Yposition Zposition Zrotation Yrotation Xrotation
+  JOINT A
+  {
+    OFFSET 1 0 0
+    CHANNELS 6 Zrotation Xposition Yrotation Yposition Zposition Xrotation
+    JOINT B
+    {
+      OFFSET 0.25 2 -0.5
+      CHANNELS 4 Yposition Zrotation Yrotation Xrotation
+      End Site
+      {
+        OFFSET 0 0 3
+      }
+    }
+  }
+}
+MOTION
+Frames: 2
+Frame Time: 0.04
+1 2 3 30 -20 10 40 0.5 25 1.5 -0.7 -35 2.5 15 -60 20
+4 5 6 0 0 0 0 2 0 -1 0.5 0 3 0 0 0
+"""
+
+
+def test_position_channels_below_root_fk_independent(tmp_path):
+    m = load_bvh(_write(tmp_path, TRANSLATED, "translated.bvh"))
+    assert m.joint_names == ("R", "A", "B") and m.num_frames == 2
+    torch.testing.assert_close(m.offsets, torch.tensor([[0, 0, 0], [1, 0, 0], [0.25, 2, -0.5]]) * U)
+    # Per-frame local translations: A's three channels replace its OFFSET, B's Yposition replaces y only.
+    t_a = np.array([[0.5, 1.5, -0.7], [2, -1, 0.5]])
+    t_b = np.array([[0.25, 2.5, -0.5], [0.25, 3, -0.5]])
+    root = np.array([[1.0, 2, 3], [4, 5, 6]])
+    assert m.local_offsets.shape == (2, 3, 3) and m.local_offsets.dtype == torch.float32
+    torch.testing.assert_close(m.local_offsets[:, 0], m.root_positions)
+    np.testing.assert_allclose(m.local_offsets[:, 1].double().numpy(), t_a * U, rtol=1e-6)
+    np.testing.assert_allclose(m.local_offsets[:, 2].double().numpy(), t_b * U, rtol=1e-6)
+
+    # Frame 1 has no rotations: the joints are cumulative translations, by hand.
+    joints, ends = motion_end_sites(m)
+    hand = np.array([[4, 5, 6], [6, 4, 6.5], [6.25, 7, 6]]) * U
+    np.testing.assert_allclose(joints[1].double().numpy(), hand, atol=1e-6)
+    np.testing.assert_allclose(ends[2][1].double().numpy(), np.array([6.25, 7, 9]) * U, atol=1e-6)
+
+    # Frame 0 with explicit rotation matrices, in float64, independent of poselab and bvhio.
+    r_root = _rot("Z", 30) @ _rot("Y", -20) @ _rot("X", 10)
+    r_a = _rot("Z", 40) @ _rot("Y", 25) @ _rot("X", -35)  # rotation channels in file order: Z, Y, X
+    r_b = _rot("Z", 15) @ _rot("Y", -60) @ _rot("X", 20)
+    p_a = root[0] + r_root @ t_a[0]
+    p_b = p_a + r_root @ r_a @ t_b[0]
+    end = p_b + r_root @ r_a @ r_b @ np.array([0, 0, 3.0])
+    expected = np.stack([root[0], p_a, p_b]) * U
+    np.testing.assert_allclose(joints[0].double().numpy(), expected, atol=2e-6)
+    np.testing.assert_allclose(ends[2][0].double().numpy(), end * U, atol=2e-6)
+    torch.testing.assert_close(motion_joints(m), joints)
+    # The test tells the answers apart: using the static OFFSETs, or the reversed rotation order, is far off.
+    static = forward_kinematics(m.root_positions, m.local_rotations, m.offsets, m.parents)
+    assert (static[0] - joints[0]).norm(dim=-1).max() > 0.05
+    wrong = p_a + r_root @ (_rot("X", -35) @ _rot("Y", 25) @ _rot("Z", 40)) @ t_b[0]
+    assert np.abs(wrong - p_b).max() * U > 0.01
+
+
+def test_static_offsets_when_only_the_root_has_positions(tmp_path):
+    assert load_bvh(_write(tmp_path, TINY)).local_offsets is None
+    assert load_clip("02_03").local_offsets is None
+
+
+def test_fk_per_frame_offsets_match_static_offsets():
+    m = load_clip("02_03")
+    root, rot = m.root_positions[:6].reshape(2, 3, 3), m.local_rotations[:6].reshape(2, 3, 31, 3, 3)
+    static = forward_kinematics(root, rot, m.offsets, m.parents)
+    per_frame = forward_kinematics(root, rot, m.offsets.expand(2, 3, 31, 3), m.parents)
+    torch.testing.assert_close(per_frame, static, atol=1e-6, rtol=0)
+
+
+def test_motion_local_offsets_shape_checked_and_cloned(tmp_path):
+    m = load_bvh(_write(tmp_path, TRANSLATED, "translated.bvh"))
+    with pytest.raises(ValueError,
+                       match=r"local_offsets: expected None or a tensor of shape \(T, J, 3\) = \(1, 3, 3\)"):
+        replace(m, root_positions=m.root_positions[:1], local_rotations=m.local_rotations[:1])
+    one = replace(m, root_positions=m.root_positions[:1], local_rotations=m.local_rotations[:1],
+                  local_offsets=m.local_offsets[:1])
+    torch.testing.assert_close(motion_joints(one)[0], motion_joints(m)[0])
+    copy = m.clone()
+    copy.local_offsets.zero_()
+    assert m.local_offsets.abs().sum() > 0
 
 def test_rotation_convention_matches_raw_channels():
     """local_rotations[t, j] == Rz(z) Ry(y) Rx(x) built from the raw numbers of a MOTION line."""
@@ -368,9 +463,22 @@ BROKEN = {
         _replace(TINY, "CHANNELS 3 Zrotation Yrotation Xrotation", "CHANNELS 3 Zrotation Yrotation Wrotation"),
         r"line 9: expected a channel name, one of .*Xrotation.*for joint 'A', found 'Wrotation'",
     ),
-    "position_on_child": (
-        _replace(TINY, "CHANNELS 3 Zrotation Yrotation Xrotation", "CHANNELS 3 Xposition Yrotation Xrotation"),
-        r"line 9: expected a rotation channel \(position channels are only supported on the root\)",
+    "repeated_position_channel": (
+        _replace(TINY, "CHANNELS 3 Zrotation Yrotation Xrotation", "CHANNELS 3 Xposition Yrotation Xposition"),
+        r"line 9: expected each channel at most once for joint 'A'",
+    ),
+    "value_overflows_float32": (  # finite in float64, inf in bvhio's float32
+        _replace(TINY, "10 20 30", "10 1e39 30"),
+        r"line 24: expected a number within the float32 range \(\|x\| <= 3\.403e\+38\) for a channel value, "
+        r"found '1e39' \(overflows\)",
+    ),
+    "negative_value_overflows_float32": (
+        _replace(TINY, "0 0 0 0 0 0 90 90 0", "0 0 0 0 0 0 90 -4e38 0"),
+        r"line 25: expected a number within the float32 range .* found '-4e38' \(overflows\)",
+    ),
+    "offset_overflows_float32": (
+        _replace(TINY, "OFFSET 1 0 0", "OFFSET 1 0 1e39"),
+        r"line 8: expected a number within the float32 range .* for the OFFSET of joint 'A', found '1e39'",
     ),
     "duplicate_joint": (_replace(TINY, "JOINT B", "JOINT A"), r"line 10: expected unique joint names, found a second joint 'A'"),
 }
@@ -393,6 +501,31 @@ def test_missing_file(tmp_path):
         load_bvh(tmp_path / "absent.bvh")
 
 
+def test_directory_is_reported_as_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "walk.bvh"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"walk\.bvh: expected a BVH file, found a directory"):
+        load_bvh(folder)
+    monkeypatch.setenv("POSELAB_MOCAP_DIR", str(tmp_path))
+    (tmp_path / "index.csv").write_text((mocap.MOCAP_DIR / "index.csv").read_text())
+    (tmp_path / "05_02.bvh").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"clip '05_02': .*05_02\.bvh listed in index.csv is a directory"):
+        load_clip("05_02")
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    plain = load_bvh(_write(tmp_path, TINY, "plain.bvh"))
+    path = tmp_path / "bom.bvh"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY.encode())
+    marked = load_bvh(path)
+    assert marked.joint_names == plain.joint_names and marked.num_frames == 3
+    assert torch.equal(motion_joints(marked), motion_joints(plain))
+    # errors still count lines from the first line of the file
+    path.write_bytes(b"\xef\xbb\xbf" + _replace(TINY, "10 20 30", "10 x 30").encode())
+    with pytest.raises(BVHError, match=r"bom\.bvh, line 24: expected a number"):
+        load_bvh(path)
+
+
 def test_motion_to_h36m_rejects_non_cmu(tmp_path):
     m = load_bvh(_write(tmp_path, TINY))
     with pytest.raises(ValueError, match="expected the 31 CMU31 joints"):
@@ -405,6 +538,7 @@ def test_motion_to_h36m_rejects_non_cmu(tmp_path):
         (lambda r, q, o: (r[:, :2], q, o), r"root_positions: expected shape \(4, 3\)"),
         (lambda r, q, o: (r, q[:, :30], o), r"local_rotations: expected shape \(\.\.\., 31, 3, 3\)"),
         (lambda r, q, o: (r, q, o[:30]), r"offsets: expected shape \(31, 3\)"),
+        (lambda r, q, o: (r, q, o.expand(5, 31, 3)), r"offsets: expected shape \(31, 3\) or \(4, 31, 3\)"),
         (lambda r, q, o: (r, q, o.double()), r"offsets: expected dtype torch.float32"),
         (lambda r, q, o: (r.numpy(), q, o), r"root_positions: expected a torch.Tensor"),
     ],

@@ -18,10 +18,12 @@ expected and found.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ MOCAP_DIR = Path(__file__).resolve().parents[2] / "data" / "mocap"
 _ENV = "POSELAB_MOCAP_DIR"
 _ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
 _POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # bvhio stores every number as float32 (glm)
 
 
 class BVHError(ValueError):
@@ -96,15 +99,22 @@ class Motion:
         joint_names: ``(J,)`` joint names in file order (= MOTION column order).
         parents: ``(J,)`` parent indices, ``-1`` for the root, ``parents[j] < j``.
         offsets: ``(J, 3)`` metres, rest offset of each joint from its parent, in the parent's
-            frame. ``offsets[0]`` (the root OFFSET) is kept for reference; forward kinematics
-            places the root at ``root_positions`` (bvhio semantics: the position channels
-            replace the root OFFSET; it is 0 in the CMU files anyway).
+            frame (the OFFSET lines). ``offsets[0]`` (the root OFFSET) is kept for reference;
+            forward kinematics places the root at ``root_positions`` (bvhio semantics: the
+            position channels replace the root OFFSET; it is 0 in the CMU files anyway).
         end_sites: joint index -> ``(3,)`` metres End Site offset in that joint's frame.
         root_positions: ``(T, 3)`` metres, world position of the root per frame.
         local_rotations: ``(T, J, 3, 3)`` parent-relative rotation matrices (column vectors):
             for channel order ``Zrotation Yrotation Xrotation``, ``R = Rz(z) @ Ry(y) @ Rx(x)``
             (the product follows the channel order); identity for joints without rotation channels.
         fps: frames per second, ``1 / Frame Time``.
+        local_offsets: ``None`` when only the root has position channels (every CMU clip):
+            each joint then sits at its static ``offsets[j]``. Otherwise ``(T, J, 3)`` metres,
+            the per-frame translation of each joint from its parent in the parent's frame: a
+            joint's ``Xposition``/``Yposition``/``Zposition`` channels replace the matching
+            component of its OFFSET in that frame; components without a channel, and joints
+            without position channels, keep ``offsets[j]``. ``local_offsets[:, 0]`` equals
+            ``root_positions``. :func:`motion_joints` and :func:`motion_end_sites` use it.
     """
 
     name: str
@@ -115,6 +125,23 @@ class Motion:
     root_positions: torch.Tensor
     local_rotations: torch.Tensor
     fps: float
+    local_offsets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_offsets is not None:
+            want = (int(self.local_rotations.shape[0]), len(self.joint_names), 3)
+            offsets = self.local_offsets
+            if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != want:
+                got = tuple(offsets.shape) if isinstance(offsets, torch.Tensor) else type(offsets).__name__
+                raise ValueError(
+                    f"motion {self.name!r}: local_offsets: expected None or a tensor of shape (T, J, 3) = {want} "
+                    f"like local_rotations, got {got} (select frames of local_offsets too)"
+                )
+
+    def fk_offsets(self) -> torch.Tensor:
+        """What forward kinematics translates each joint by: ``local_offsets`` ``(T, J, 3)`` if set, else
+        ``offsets`` ``(J, 3)``; metres."""
+        return self.offsets if self.local_offsets is None else self.local_offsets
 
     @property
     def num_frames(self) -> int:
@@ -137,6 +164,7 @@ class Motion:
             root_positions=self.root_positions.clone(),
             local_rotations=self.local_rotations.clone(),
             fps=self.fps,
+            local_offsets=None if self.local_offsets is None else self.local_offsets.clone(),
         )
 
 
@@ -154,6 +182,7 @@ class _Layout:
     end_site_joints: list[int] = field(default_factory=list)
     frames: int = 0
     frame_time: float = 0.0
+    bom: bool = False  # the file starts with a UTF-8 byte order mark
 
 
 class _Lines:
@@ -189,6 +218,10 @@ def _float(lines: _Lines, line: int, token: str, what: str) -> float:
         raise lines.error(line, f"a number for {what}", f"malformed number {token!r}") from None
     if not math.isfinite(value):
         raise lines.error(line, f"a finite number for {what}", repr(token))
+    if abs(value) > _FLOAT32_MAX:
+        raise lines.error(
+            line, f"a number within the float32 range (|x| <= {_FLOAT32_MAX:.4g}) for {what}", f"{token!r} (overflows)"
+        )
     return value
 
 
@@ -220,13 +253,10 @@ def _read_joint(lines: _Lines, layout: _Layout, name: str, parent: int) -> None:
     channels = tok[2:]
     if count != len(channels):
         raise lines.error(n, f"{count} channel names for joint {name!r} (as declared)", f"{len(channels)}")
-    allowed = _ROTATION_CHANNELS + (_POSITION_CHANNELS if parent < 0 else ())
+    allowed = _POSITION_CHANNELS + _ROTATION_CHANNELS
     for c in channels:
         if c not in allowed:
-            what = "a channel name"
-            if c in _POSITION_CHANNELS:
-                what = "a rotation channel (position channels are only supported on the root)"
-            raise lines.error(n, f"{what}, one of {', '.join(allowed)}, for joint {name!r}", repr(c))
+            raise lines.error(n, f"a channel name, one of {', '.join(allowed)}, for joint {name!r}", repr(c))
     if len(set(channels)) != len(channels):
         raise lines.error(n, f"each channel at most once for joint {name!r}", _show(tok))
     layout.channels.append(channels)
@@ -258,14 +288,16 @@ def _check_bvh(path: Path) -> _Layout:
 
     Guarantees what bvhio needs to terminate and to read the right numbers: a complete
     hierarchy, a MOTION header, exactly ``Frames:`` frame lines, each with exactly as many
-    finite numbers as the hierarchy declares channels, and only channel names bvhio maps.
+    finite numbers (within the float32 range) as the hierarchy declares channels, and only
+    channel names bvhio maps. A leading UTF-8 byte order mark is skipped (``layout.bom``).
     """
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BVHError(f"{path}: expected a UTF-8/ASCII text BVH file, found undecodable bytes ({exc})") from None
     lines = _Lines(path, text)
-    layout = _Layout()
+    layout = _Layout(bom=raw.startswith(codecs.BOM_UTF8))
 
     n, tok = lines.next("'HIERARCHY' on the first line")
     if tok != ["HIERARCHY"]:
@@ -318,7 +350,7 @@ def _check_bvh(path: Path) -> _Layout:
     # One bulk conversion; only on failure look for the offending line and token.
     try:
         values = np.array([t for _, tok in rows for t in tok], dtype=np.float64)
-        ok = bool(np.isfinite(values).all())
+        ok = bool(np.isfinite(values).all()) and bool((np.abs(values) <= _FLOAT32_MAX).all())
     except ValueError:
         ok = False
     if not ok:
@@ -346,25 +378,38 @@ def load_bvh(path: str | os.PathLike) -> Motion:
     """Read a BVH file into a :class:`Motion` in metres (float32 CPU tensors).
 
     The file is checked in full first (see module docstring), then parsed with ``bvhio``.
-    Lengths are multiplied by :data:`BVH_UNIT_METRES` (the CMU unit). Rotation channels may
-    come in any order; the local rotation is the product of the per-axis rotations in
-    channel order (``Zrotation Yrotation Xrotation`` -> ``Rz @ Ry @ Rx``). Position channels
-    are accepted on the root only (``Motion`` has no per-frame bone translations).
+    Lengths are multiplied by :data:`BVH_UNIT_METRES` (the CMU unit). Channels may come in
+    any order, position and rotation channels interleaved; the local rotation is the product
+    of the per-axis rotations in the order of the rotation channels (``Zrotation Yrotation
+    Xrotation`` -> ``Rz @ Ry @ Rx``). Position channels on the root give ``root_positions``;
+    on any other joint they give its per-frame translation from its parent
+    (``Motion.local_offsets``, replacing the matching OFFSET components). A UTF-8 byte order
+    mark at the start of the file is accepted.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        BVHError: the file is malformed (message: file, line, expected, found).
+        IsADirectoryError: ``path`` is a directory.
+        FileNotFoundError: ``path`` does not exist.
+        BVHError: the file is malformed (message: file, line, expected, found), e.g. a value
+            that overflows float32 such as ``1e39``.
     """
     with warnings.catch_warnings():  # bvhio's `import glm` triggers a PyGLM PendingDeprecationWarning
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         import bvhio  # imported here so that importing poselab stays light
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: expected a BVH file, found a directory")
     if not path.is_file():
         raise FileNotFoundError(f"BVH file not found: {path}")
     layout = _check_bvh(path)
     try:
-        container = bvhio.readAsBvh(str(path))
+        if layout.bom:  # bvhio would read the mark as part of 'HIERARCHY': give it a copy without
+            with tempfile.TemporaryDirectory(prefix="poselab-bvh-") as tmp:
+                copy = Path(tmp) / path.name
+                copy.write_bytes(path.read_bytes()[len(codecs.BOM_UTF8) :])
+                container = bvhio.readAsBvh(str(copy))
+        else:
+            container = bvhio.readAsBvh(str(path))
     except (SyntaxError, ValueError, IndexError) as exc:  # defensive: our check should have caught it
         raise BVHError(f"{path}: bvhio could not parse the file: {exc}") from exc
     joints = [j for j, _, _ in container.Root.layout()]
@@ -381,6 +426,11 @@ def load_bvh(path: str | os.PathLike) -> Motion:
     root = np.array([tuple(k.Position) for k in joints[0].Keyframes], dtype=np.float64)  # (T, 3)
     offsets = np.array([tuple(j.Offset) for j in joints], dtype=np.float64)
     dtype = torch.float32
+    local_offsets = None
+    if any(c in _POSITION_CHANNELS for channels in layout.channels[1:] for c in channels):
+        # bvhio: Pose.Position = the joint's OFFSET with each position channel replacing its component.
+        keyed = np.array([[tuple(k.Position) for k in j.Keyframes] for j in joints], dtype=np.float64)  # (J, T, 3)
+        local_offsets = torch.tensor(keyed.transpose(1, 0, 2) * BVH_UNIT_METRES, dtype=dtype)
     return Motion(
         name=path.stem,
         joint_names=tuple(layout.names),
@@ -394,6 +444,7 @@ def load_bvh(path: str | os.PathLike) -> Motion:
         local_rotations=torch.tensor(rotations, dtype=dtype),
         # BVH writes Frame Time with ~6 significant digits (0.0333333 s); round so 30 fps reads 30.0.
         fps=round(1.0 / layout.frame_time, 3),
+        local_offsets=local_offsets,
     )
 
 
@@ -417,8 +468,10 @@ def forward_kinematics(
     Args:
         root_positions: ``(..., 3)`` world position of joint 0.
         local_rotations: ``(..., J, 3, 3)`` parent-relative rotations (column vectors).
-        offsets: ``(J, 3)`` rest offset of each joint in its parent's frame (``offsets[0]`` unused:
-            the root sits at ``root_positions``).
+        offsets: ``(J, 3)`` rest offset of each joint in its parent's frame, the same for every
+            frame, or ``(..., J, 3)`` (the leading dims of ``local_rotations``) for per-frame
+            translations such as ``Motion.local_offsets``. ``offsets[..., 0, :]`` is unused: the
+            root sits at ``root_positions``.
         parents: ``(J,)`` parent indices, ``-1`` for joint 0, ``parents[j] < j``.
         return_rotations: also return the world rotations.
 
@@ -436,8 +489,11 @@ def forward_kinematics(
     batch = tuple(local_rotations.shape[:-3])
     if tuple(root_positions.shape) != batch + (3,):
         raise ValueError(f"root_positions: expected shape {batch + (3,)}, got {tuple(root_positions.shape)}")
-    if tuple(offsets.shape) != (num, 3):
-        raise ValueError(f"offsets: expected shape ({num}, 3), got {tuple(offsets.shape)}")
+    per_frame = offsets.ndim > 2
+    if tuple(offsets.shape) not in ((num, 3), batch + (num, 3)):
+        raise ValueError(
+            f"offsets: expected shape ({num}, 3) or {batch + (num, 3)} (per frame), got {tuple(offsets.shape)}"
+        )
     if num == 0 or parents[0] != -1 or any(not 0 <= p < j for j, p in enumerate(parents) if j > 0):
         raise ValueError(f"parents: expected -1 for joint 0 and 0 <= parents[j] < j, got {list(parents)}")
     ref = local_rotations
@@ -451,7 +507,10 @@ def forward_kinematics(
     world_pos: list[torch.Tensor] = [root_positions]
     for j in range(1, num):
         p = parents[j]
-        world_pos.append(world_pos[p] + world_rot[p] @ offsets[j])
+        if per_frame:
+            world_pos.append(world_pos[p] + (world_rot[p] @ offsets[..., j, :, None])[..., 0])
+        else:
+            world_pos.append(world_pos[p] + world_rot[p] @ offsets[j])
         world_rot.append(world_rot[p] @ local_rotations[..., j, :, :])
     positions = torch.stack(world_pos, dim=-2)
     if return_rotations:
@@ -460,8 +519,11 @@ def forward_kinematics(
 
 
 def motion_joints(motion: Motion) -> torch.Tensor:
-    """``(T, J, 3)`` world positions (metres) of all joints of ``motion`` (31 for CMU clips)."""
-    return forward_kinematics(motion.root_positions, motion.local_rotations, motion.offsets, motion.parents)
+    """``(T, J, 3)`` world positions (metres) of all joints of ``motion`` (31 for CMU clips).
+
+    Uses the per-frame ``motion.local_offsets`` when the file had position channels below the root.
+    """
+    return forward_kinematics(motion.root_positions, motion.local_rotations, motion.fk_offsets(), motion.parents)
 
 
 def motion_end_sites(motion: Motion) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -472,7 +534,7 @@ def motion_end_sites(motion: Motion) -> tuple[torch.Tensor, dict[int, torch.Tens
         each joint that has an End Site to its ``(T, 3)`` End Site positions.
     """
     joints, rotations = forward_kinematics(
-        motion.root_positions, motion.local_rotations, motion.offsets, motion.parents, return_rotations=True
+        motion.root_positions, motion.local_rotations, motion.fk_offsets(), motion.parents, return_rotations=True
     )
     ends = {j: joints[:, j] + rotations[:, j] @ site.to(joints) for j, site in motion.end_sites.items()}
     return joints, ends
@@ -597,6 +659,8 @@ def load_clip(name: str) -> Motion:
     check_choice("clip name", name, tuple(clips))
     info = clips[name]
     path = mocap_dir() / info.file
+    if path.is_dir():
+        raise IsADirectoryError(f"clip {name!r}: {path} listed in index.csv is a directory, expected a BVH file")
     if not path.is_file():
         raise FileNotFoundError(
             f"clip {name!r}: file {path} listed in index.csv is missing (data folder from ${_ENV} or the default)"
