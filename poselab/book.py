@@ -24,7 +24,7 @@ from poselab.checks import check_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-NOTEBOOK_PARAMETERS = ("PROFILE", "DEVICE", "SEED")
+NOTEBOOK_PARAMETERS = ("PROFILE", "DEVICE", "SEED", "RESULTS_OUT")
 CELL_TIMEOUT_S = 3 * 3600
 """Seconds: a cell that runs longer fails the execution instead of blocking it for ever."""
 REFERENCE_DIR = REPO_ROOT / "tests" / "nbval"
@@ -65,11 +65,14 @@ def execution_env(threads: int | None = None) -> dict[str, str]:
 
 
 def execute_chapter(src: Path, dst: Path, profile: str = "book", device: str = "auto", seed: int = 0,
-                    progress: bool = False) -> Path:
+                    progress: bool = False, results_out: Path | None = None) -> Path:
     """Execute notebook ``src`` with papermill into ``dst`` at ``profile``; return ``dst``.
 
-    Raises ``ValueError`` when the notebook's parameters cell does not declare
-    ``PROFILE``, ``DEVICE`` and ``SEED`` (papermill would only warn), and
+    With ``results_out`` the chapter also saves its experiment's results there as JSON
+    (``Results.save``; the chapter's ``RESULTS_OUT`` parameter).
+
+    Raises ``ValueError`` when the notebook's parameters cell does not declare every one of
+    :data:`NOTEBOOK_PARAMETERS` (papermill would only warn), and
     ``papermill.PapermillExecutionError`` when a cell fails.
     """
     import papermill
@@ -85,7 +88,8 @@ def execute_chapter(src: Path, dst: Path, profile: str = "book", device: str = "
     saved = {k: os.environ.get(k) for k in execution_env()}
     os.environ.update(execution_env())  # the kernel inherits this process's environment
     try:
-        papermill.execute_notebook(str(src), str(dst), parameters=dict(PROFILE=profile, DEVICE=device, SEED=seed),
+        papermill.execute_notebook(str(src), str(dst), parameters=dict(PROFILE=profile, DEVICE=device, SEED=seed,
+                                                   RESULTS_OUT=None if results_out is None else str(results_out)),
                                    kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
                                    execution_timeout=CELL_TIMEOUT_S)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -122,34 +123,85 @@ def check_positive_number(arg: str, value: Any, *, allow_zero: bool = False) -> 
     return number
 
 
+DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N' (N a CUDA device index), or a torch.device of type cpu or cuda"
+"""What :func:`resolve_device` accepts, as its error messages spell it."""
+
+_CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]*)")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"`` into CUDA when available, else CPU; validate anything else.
+
+    Accepted: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` with ``0 <= N <
+    torch.cuda.device_count()``, and ``torch.device`` objects of those kinds. Anything else
+    (``"meta"``, ``"mps"``, ``"cpu:3"``, ``"cuda:-1"``, ``" cuda"``, an int...) raises
+    ``ValueError`` (``TypeError`` for a value that is neither a str nor a ``torch.device``)
+    here, before any work is done on it.
 
     This is the only place where poselab chooses a device: code elsewhere moves
     tensors with ``.to(device)``, never ``.cuda()``.
     """
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
-    return dev
+        kind, index = device.type, device.index
+    elif isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        match = _CUDA_INDEX.fullmatch(device)
+        if device in ("cpu", "cuda"):
+            kind, index = device, None
+        elif match:
+            kind, index = "cuda", int(match.group(1))
+        else:
+            raise ValueError(f"device: expected {DEVICE_FORMS}; got {device!r}")
+    else:
+        hint = f"; for CUDA device {device} pass 'cuda:{device}'" if type(device) is int and device >= 0 else ""
+        raise TypeError(f"device: expected {DEVICE_FORMS}; got {type(device).__name__} {device!r}{hint}")
+    if kind == "cpu" and index is None:
+        return torch.device("cpu")
+    if kind != "cuda":
+        raise ValueError(f"device: expected {DEVICE_FORMS}; got torch.device({str(device)!r})")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device: {str(device)!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if index is not None:
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device: {str(device)!r} asks for CUDA device {index} but this machine has {count} "
+                             f"(cuda:0 to cuda:{count - 1}); use 'cuda' or an index below {count}")
+        return torch.device("cuda", index)
+    return torch.device("cuda")
+
+
+SEED_LIMIT = 2**32
+"""Seeds are ints in ``[0, SEED_LIMIT)``: the range every generator seeded by
+:func:`seed_everything` (Python, NumPy, torch) takes without folding two seeds into one."""
+
+
+def check_seed(seed: Any, arg: str = "seed", *, headroom: int = 0) -> int:
+    """``seed`` if it is an int (not a bool) in ``[0, SEED_LIMIT - headroom)``.
+
+    ``headroom`` leaves room for the seeds a caller derives: with ``headroom=2``,
+    ``seed + 1`` and ``seed + 2`` are valid seeds too. Raises ``TypeError`` for a non-int,
+    ``ValueError`` naming ``arg`` and the range otherwise.
+    """
+    top = SEED_LIMIT - 1 - headroom
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{arg}: expected an int from 0 to {top}, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed <= top:
+        why = f" (seeds derived from it, up to {arg} + {headroom}, must stay below 2**32)" if headroom else ""
+        raise ValueError(f"{arg}: expected an int from 0 to {top}{why}, got {int(seed)}; "
+                         f"pick a seed in that range, e.g. 0")
+    return int(seed)
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA) and return a CPU ``torch.Generator``.
 
-    CPU results are bitwise reproducible for the same seed *and the same thread count*.
+    ``seed`` is an int in ``[0, 2**32)`` (:func:`check_seed`). CPU results are bitwise
+    reproducible for the same seed *and the same thread count*.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+    seed = check_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 

@@ -15,14 +15,25 @@ reference of an experiment's ``fast`` results is a value *and a tolerance* per q
   exactly when every setting agreed; when settings disagreed it is recorded as ``unstable``,
   with the values seen, and not compared.
 
-This module flattens results, builds references from runs and compares a run with a reference.
+This module flattens results, builds references from runs, compares a run with a reference, and
+measures and writes the references (``python -m poselab regression --refresh``: every experiment
+in a fresh process under each of :func:`available_settings`, each with its own render cache).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import re
-from collections.abc import Mapping
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 MARGIN = 3.0
@@ -132,3 +143,124 @@ def describe(reference: Mapping[str, Any], top: int = 10) -> str:
     lines += [f"  unstable {p}: {', '.join(q[p]['unstable'])}" for p in unstable[:top]]
     return "\n".join(lines)
 
+
+
+# ------------------------------------------------------------------ measuring and storing references
+
+PROFILE = "fast"
+SEED = 0
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "tests" / "regression"
+"""Where the committed references live in a source checkout (one ``<experiment>.json`` each)."""
+
+REFRESH_COMMAND = "python -m poselab regression --refresh"
+
+
+def cpu_capability(env: Mapping[str, str] | None = None) -> str:
+    """The kernel set PyTorch uses in a fresh process with ``env`` (``"AVX512"``, ``"AVX2"``,
+    ``"DEFAULT"``, ...): what ``ATEN_CPU_CAPABILITY`` actually selects on this CPU."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env if env is not None else os.environ),
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def available_settings() -> list[tuple[str, int]]:
+    """The :data:`SETTINGS` this CPU can run: a capability is kept only when a process started with it
+    reports it (PyTorch silently falls back to a lower one that the CPU has)."""
+    base = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    usable = {cap for cap in {c for c, _ in SETTINGS}
+              if cpu_capability({**base, "ATEN_CPU_CAPABILITY": cap}).lower() == cap}
+    return [(cap, threads) for cap, threads in SETTINGS if cap in usable]
+
+
+def setting_name(setting: tuple[str, int]) -> str:
+    """``("avx2", 1)`` -> ``"avx2/1"`` (the key of a run in a reference)."""
+    return f"{setting[0]}/{setting[1]}"
+
+
+def setting_env(setting: tuple[str, int], cache_dir: Path) -> dict[str, str]:
+    """The environment of a measuring process: capability, thread counts and its own render cache
+    (rendered images are computed numbers too: a cache shared between settings would hide their spread)."""
+    cap, threads = setting
+    return {**os.environ, "ATEN_CPU_CAPABILITY": cap, "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads), "POSELAB_CACHE_DIR": str(cache_dir)}
+
+
+def measure(experiment: str, setting: tuple[str, int], workdir: Path) -> dict:
+    """Run ``experiment`` at :data:`PROFILE` (seed :data:`SEED`, CPU) in a fresh process under
+    ``setting`` and return its ``Results.to_dict()`` document (timings included).
+
+    Raises ``RuntimeError`` with the process's last lines when it fails.
+    """
+    tag = setting_name(setting).replace("/", "-")
+    out = workdir / f"{experiment}-{tag}.json"
+    cmd = [sys.executable, "-m", "poselab", "reproduce", experiment, "--profile", PROFILE, "--device", "cpu",
+           "--seed", str(SEED), "--quiet", "--out", str(out)]
+    proc = subprocess.run(cmd, env=setting_env(setting, workdir / f"cache-{tag}"), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{experiment} under {setting_name(setting)} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(out.read_text())
+
+
+def reference_path(experiment: str, folder: Path | None = None) -> Path:
+    """The committed reference of ``experiment``: ``<folder>/<experiment>.json`` (default :data:`REFERENCE_DIR`)."""
+    return Path(folder if folder is not None else REFERENCE_DIR) / f"{experiment}.json"
+
+
+def load_reference(experiment: str, folder: Path | None = None) -> dict:
+    """Read a reference written by :func:`refresh`; a missing one says how to make it."""
+    path = reference_path(experiment, folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"regression reference {str(path)!r} does not exist; make it with {REFRESH_COMMAND}")
+    ref = json.loads(path.read_text())
+    if not isinstance(ref, dict) or "quantities" not in ref or ref.get("experiment") != experiment:
+        raise ValueError(f"regression reference {str(path)!r} is not a reference of {experiment!r}; "
+                         f"regenerate it with {REFRESH_COMMAND}")
+    return ref
+
+
+def refresh(experiments: Sequence[str], settings: Sequence[tuple[str, int]], folder: Path | None = None,
+            jobs: int = 1, log=print) -> list[Path]:
+    """Measure every experiment under every setting and write one reference per experiment.
+
+    Each run is a separate process (:func:`measure`); ``jobs`` of them run at once (the results do not
+    depend on how busy the machine is, only the wall time does). A reference records, besides the
+    quantities of :func:`build_reference`, the experiment, profile, seed, torch version, CPU and
+    this command. Returns the written paths.
+    """
+    import torch
+
+    if len(settings) < 2:
+        raise ValueError(f"settings: expected at least 2 to measure a spread, got {len(settings)}")
+    folder = Path(folder if folder is not None else REFERENCE_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix="poselab-regression-") as tmp, \
+            ThreadPoolExecutor(max_workers=jobs) as pool:
+        work = Path(tmp)
+        for experiment in experiments:
+            start = time.perf_counter()
+            futures = {setting_name(s): pool.submit(measure, experiment, s, work) for s in settings}
+            runs = {name: f.result() for name, f in futures.items()}
+            ref = build_reference(runs)
+            ref = {"experiment": experiment, "profile": PROFILE, "seed": SEED, "command": REFRESH_COMMAND,
+                   "torch": torch.__version__, "cpu": _cpu_model(), **ref}
+            path = reference_path(experiment, folder)
+            tmp_path = path.with_name(path.name + ".tmp")
+            tmp_path.write_text(json.dumps(ref, indent=1, sort_keys=False) + "\n")
+            os.replace(tmp_path, path)
+            written.append(path)
+            log(f"{experiment}: {len(settings)} settings in {time.perf_counter() - start:.0f} s -> {path}")
+            log(describe(ref))
+    return written
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +84,31 @@ class Results:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` (parent folders are created)."""
+        """Write :meth:`to_dict` as JSON to ``path`` (parent folders are created), atomically.
+
+        The document goes to a temporary file in the same folder, is flushed to disk and then
+        renamed over ``path``: an interrupted or failed save leaves the previous file (or none)
+        in place, never a truncated one.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"Results.save: {str(path)!r} is a folder; expected a file name such as "
+                                    f"{str(path / 'results.json')!r}")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"  # fails here, before any file is touched
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # the permissions a plain open() would give, not mkstemp's 0600
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     def claims_rows(self) -> list[list[str]]:

@@ -14,22 +14,26 @@ identical to an uninterrupted one (weights, optimiser state, RNG state are resto
 
 Checkpoint format (one ``torch.save`` file, written atomically after every epoch)::
 
-    {"format": "poselab.train/1",
+    {"format": "poselab.train/2",
      "epoch": int,                 # completed epochs (1-based count)
-     "config": dict,               # fingerprint of the run, see _fingerprint
+     "config": dict,               # fingerprint of the run, see _fingerprint: every
+                                   # hyper-parameter, the model's configuration and the
+                                   # SHA-256 of the training and evaluation data
      "model": model.state_dict(),
      "optimizer": Adam state_dict, "scheduler": ExponentialLR state_dict,
      "history": History.to_dict(),
      "rng": {"torch": ByteTensor, "cuda": ByteTensor | None,
              "numpy": tuple, "python": tuple}}
 
-It holds only tensors and plain Python values, so it loads with ``weights_only=True``.
+It holds only tensors and plain Python values, so it loads with ``weights_only=True``: a file
+that holds anything else (a crafted pickle included) is refused without running any of it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,11 +46,13 @@ import torch
 from torch import nn
 
 from poselab.checks import check_int, check_positive, resolve_device, seed_everything
+from poselab.tensorfile import tensor_sha256
 
 __all__ = ["History", "train_model", "evaluate", "mpjpe_loss", "mpjpe_mm_eval", "load_checkpoint", "log_points",
-           "append_window_record"]
+           "append_window_record", "module_fingerprint", "describe_callable", "config_differences",
+           "check_checkpoint_path"]
 
-CHECKPOINT_FORMAT = "poselab.train/1"
+CHECKPOINT_FORMAT = "poselab.train/2"
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EvalFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, float]]
@@ -290,31 +296,177 @@ def evaluate(
 # ----------------------------------------------------------------------- checkpoints
 
 
-def _fingerprint(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, eval_names: list[str], **hyper: Any
-) -> dict:
-    """Everything that must match for a checkpoint to be continued by this call.
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+_SKIP = object()
 
-    The device is deliberately absent (a run may move from GPU to CPU after a
-    disconnect); the data is summarised by its shapes and a checksum of a strided sample.
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON-like data (tuples become lists, non-finite floats strings), or
+    ``_SKIP`` when it is not made of plain values."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # NaN != NaN would make a fingerprint differ from itself
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _SKIP if any(v is _SKIP for v in items.values()) else items
+    return _SKIP
+
+
+def describe_callable(fn: Callable) -> dict:
+    """What a checkpoint fingerprint records of a loss / eval / step function: its module and
+    qualified name, and the plain values that configure it (``functools.partial`` arguments,
+    default arguments, closure variables, plain attributes of a callable object)."""
+    import functools
+
+    out: dict[str, Any] = {"name": f"{getattr(fn, '__module__', None) or type(fn).__module__}.{_callable_name(fn)}"}
+    if isinstance(fn, functools.partial):
+        out["partial_of"] = describe_callable(fn.func)
+        out["args"] = [v if v is not _SKIP else "<object>" for v in map(_plain, fn.args)]
+        out["keywords"] = {k: v if v is not _SKIP else "<object>" for k, v in
+                           ((k, _plain(v)) for k, v in sorted(fn.keywords.items()))}
+        return out
+    settings = {}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        defaults = getattr(fn, "__defaults__", None) or ()
+        positional = code.co_varnames[:code.co_argcount]
+        settings.update(zip(positional[len(positional) - len(defaults):], defaults))
+        settings.update(getattr(fn, "__kwdefaults__", None) or {})
+        for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+            try:
+                settings[name] = cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+    elif not isinstance(fn, nn.Module) and hasattr(fn, "__dict__"):
+        settings.update({k: v for k, v in vars(fn).items() if not k.startswith("_")})
+    plain = {k: _plain(v) for k, v in sorted(settings.items())}
+    plain = {k: v for k, v in plain.items() if v is not _SKIP}
+    if plain:
+        out["settings"] = plain
+    return out
+
+
+def module_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The configuration of ``model`` as ``{setting: value}``: for every submodule, its class and
+    every plain attribute (``Dropout.p``, ``BatchNorm.eps`` and ``momentum``, layer sizes, a
+    model's own options such as ``num_joints`` or ``alpha``), the names of functions it stores (an
+    activation), the dtype, shape and trainability of every parameter, and the SHA-256 of
+    the constant buffers that its ``state_dict`` does not hold (e.g. a graph's adjacency).
+
+    Two models built with the same arguments have equal fingerprints; one option changed, even one
+    that leaves every parameter shape alone (a dropout rate), makes them differ. Weights and
+    running statistics are not part of it (a checkpoint restores those).
     """
-    n = inputs.shape[0]
-    probe = torch.arange(0, n, max(1, n // 64), device=inputs.device)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"module_fingerprint: expected a torch.nn.Module, got {type(model).__name__}")
+    out: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        prefix = path or "<model>"
+        out[f"{prefix}:class"] = f"{type(module).__module__}.{type(module).__qualname__}"
+        for key, value in sorted(vars(module).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            plain = _plain(value)
+            if plain is not _SKIP:
+                out[f"{prefix}.{key}"] = plain
+            elif callable(value) and not isinstance(value, (nn.Module, torch.Tensor)):
+                out[f"{prefix}.{key}"] = describe_callable(value)["name"]
+    for name, p in model.named_parameters():
+        out[f"{name}:parameter"] = [list(p.shape), str(p.dtype), bool(p.requires_grad)]
+    stored = set(model.state_dict())
+    for name, buf in model.named_buffers():
+        if name not in stored:
+            out[f"{name}:constant"] = tensor_sha256(buf)
+    return out
 
-    def checksum(t: torch.Tensor) -> float:
-        # nan_to_num: a NaN in the data must not make a checkpoint look incompatible with itself
-        return float(torch.nan_to_num(t[probe].detach().to("cpu", torch.float64)).sum())
 
+def _data_hashes(inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, str]:
+    return {"inputs": tensor_sha256(inputs), "targets": tensor_sha256(targets)}
+
+
+def _fingerprint(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, eval_data: Mapping[str, tuple], **hyper: Any
+) -> dict:
+    """Everything that must match for a checkpoint to be continued by this call: every
+    hyper-parameter of ``train_model``, the model's full configuration
+    (:func:`module_fingerprint`), and the SHA-256 of every byte of the training data and of
+    each evaluation set, inputs and targets.
+
+    The device is deliberately absent (a run may move from GPU to CPU after a disconnect).
+    """
     return {
         **hyper,
-        "num_samples": n,
+        "num_samples": inputs.shape[0],
         "input_shape": list(inputs.shape[1:]),
         "target_shape": list(targets.shape[1:]),
-        "data_checksum": [checksum(inputs), checksum(targets)],
-        "model_class": type(model).__qualname__,
+        "data_sha256": {"train": _data_hashes(inputs, targets),
+                        **{f"eval/{name}": _data_hashes(x, y) for name, (x, y) in sorted(eval_data.items())}},
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "parameters": {name: list(p.shape) for name, p in model.named_parameters()},
-        "eval_sets": eval_names,
+        "model": module_fingerprint(model),
+        "eval_sets": sorted(eval_data),
     }
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``"key: old in the checkpoint vs new now"`` for every leaf where two fingerprints differ
+    (nested dicts, and lists of dicts or lists, are compared item by item, so a message names
+    the one setting that changed)."""
+    def short(value: Any) -> str:
+        if isinstance(value, str) and len(value) > 24:
+            return repr(value[:16] + "...")  # e.g. a SHA-256
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}/{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                out.append(f"{name}: {short(saved.get(key, '<absent>'))} in the checkpoint vs "
+                           f"{short(current.get(key, '<absent>'))} now")
+            else:
+                out.extend(config_differences(saved[key], current[key], name))
+        return out
+    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
+            and any(isinstance(v, (Mapping, list)) for v in saved + current)):  # e.g. one fingerprint per network
+        return [d for i, (a, b) in enumerate(zip(saved, current))
+                for d in config_differences(a, b, f"{prefix}/{i}" if prefix else str(i))]
+    if saved != current:
+        return [f"{prefix or 'value'}: {short(saved)} in the checkpoint vs {short(current)} now"]
+    return []
+
+
+def check_checkpoint_path(arg: str, path: Any) -> Path:
+    """``path`` as a ``Path`` where a checkpoint file can be written, else a clear error.
+
+    Refused up front: a path that is an existing folder, and a path below an existing *file*
+    (e.g. a checkpoint folder that is a regular file). Nothing is created.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{arg}: expected a str or path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{arg}: {str(path)!r} is a folder; expected the path of a checkpoint file inside it "
+                         f"(e.g. {str(path / 'run.pt')!r})")
+    for parent in path.parents:  # nearest first; the first that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{arg}: {str(path)!r} cannot be written because {str(parent)!r} is a file, not a folder; "
+                    f"give a checkpoint folder that is a directory or does not exist yet "
+                    f"(on the command line: --checkpoint-dir)")
+            break
+    return path
+
+
+START_OVER = ("start over with resume=False (on the command line: --fresh), "
+              "or use another checkpoint folder")
+"""How a user recovers from a checkpoint that cannot be continued (named in every such error)."""
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -357,25 +509,30 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as exc:  # corrupted or foreign file: say which file
-        raise ValueError(f"checkpoint {str(path)!r}: could not be read as a poselab.train checkpoint ({exc})") from exc
+    except pickle.UnpicklingError as exc:  # weights_only refuses a pickle of any other object, unread
+        raise ValueError(f"checkpoint {str(path)!r}: could not be read as a poselab.train checkpoint (it holds "
+                         f"objects other than tensors and plain values, which poselab never loads: loading them "
+                         f"could run code); delete it, or {START_OVER}") from exc
+    except Exception as exc:  # corrupted, truncated or foreign file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise ValueError(f"checkpoint {str(path)!r}: could not be read as a poselab.train checkpoint (damaged, "
+                         f"truncated or not a checkpoint: {reason}); delete it, or {START_OVER}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {str(path)!r}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}")
+        raise ValueError(f"checkpoint {str(path)!r}: expected format {CHECKPOINT_FORMAT!r}, found {found!r}; "
+                         f"delete it, or {START_OVER}")
     return ckpt
 
 
 def _check_compatible(path: Path, saved: Mapping, current: Mapping) -> None:
-    diffs = [
-        f"{key}: {saved.get(key, '<absent>')!r} in the checkpoint vs {current.get(key, '<absent>')!r} now"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key, "<absent>") != current.get(key, "<absent>")
-    ]
+    diffs = config_differences(saved, current)
+    diffs.sort(key=lambda d: d.startswith("model/"))  # the short summary keys first, module details after
     if diffs:
+        shown = diffs[:8] + ([f"and {len(diffs) - 8} more"] if len(diffs) > 8 else [])
         raise ValueError(
             f"checkpoint {str(path)!r} was written by an incompatible training configuration ("
-            + "; ".join(diffs)
-            + "). Pass resume=False to start over and overwrite it, or use another checkpoint_path."
+            + "; ".join(shown)
+            + f"). To continue, {START_OVER}."
         )
 
 
@@ -478,11 +635,13 @@ def train_model(
             per-epoch batch permutations.
         checkpoint_path: if given, a checkpoint is written there (atomically) after
             every epoch. With ``resume=True`` an existing checkpoint is continued from its
-            next epoch — it must come from the same configuration (hyper-parameters,
-            data shapes and checksum, model parameter shapes, eval set names, seed, and
-            ``epochs``), else ``ValueError``; if it already covers all epochs its
+            next epoch — it must come from the same configuration (every hyper-parameter
+            including ``epochs`` and ``seed``, the model's full configuration, e.g. its
+            dropout rates, see :func:`module_fingerprint`, and the SHA-256 of the training
+            data and of every eval set), else ``ValueError``; if it already covers all epochs its
             weights are loaded into ``model`` and its history returned without training.
-            With ``resume=False`` an existing checkpoint is ignored and overwritten.
+            With ``resume=False`` an existing checkpoint is ignored and overwritten. A path
+            that is a folder, or lies below a regular file, is a ``ValueError`` up front.
         progress: show a ``tqdm`` bar over epochs (loss and first eval metric); nothing
             is printed when False.
         callbacks: callable(s) ``callback(epoch, history, model)`` run after each epoch
@@ -550,11 +709,7 @@ def train_model(
         _check_callable("param_groups", param_groups)
     if not isinstance(resume, bool):
         raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
-    ckpt_path = None
-    if checkpoint_path is not None:
-        if not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_path: expected a str or path, got {type(checkpoint_path).__name__}")
-        ckpt_path = Path(checkpoint_path)
+    ckpt_path = None if checkpoint_path is None else check_checkpoint_path("checkpoint_path", checkpoint_path)
     dev = resolve_device(device)
     seed_everything(seed)  # also validates seed (an int)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -562,11 +717,11 @@ def train_model(
         raise ValueError("model: has no trainable parameters (requires_grad=True)")
     groups = _param_groups(model, param_groups, params)
 
-    config = _fingerprint(
+    config = None if ckpt_path is None else _fingerprint(
         model,
         inputs,
         targets,
-        sorted(eval_data),
+        eval_data,
         epochs=epochs,
         batch_size=batch_size,
         lr=float(lr),
@@ -574,10 +729,10 @@ def train_model(
         lr_decay=float(lr_decay),
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
         seed=seed,
-        loss_fn=_callable_name(loss_fn),
-        eval_fn=_callable_name(eval_fn),
+        loss_fn=describe_callable(loss_fn),
+        eval_fn=describe_callable(eval_fn),
         eval_batch_size=eval_batch_size,
-        step_fn=None if step_fn is None else _callable_name(step_fn),
+        step_fn=None if step_fn is None else describe_callable(step_fn),
         param_groups=[{k: v for k, v in g.items() if k != "params"} | {"size": len(g["params"])} for g in groups],
     )
 

@@ -49,12 +49,71 @@ def test_check_positive_allow_zero():
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device: expected 'auto'"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device(torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "cpu:3", "cpu:0", "cuda:-1", "cuda:01", "cuda:1.5",
+                                    " cuda", "cuda ", "CPU", "Auto", "", "cuda:", "cuda:0:1"])
+def test_resolve_device_refuses_other_strings_up_front(device):
+    with pytest.raises(ValueError, match=r"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.*; got "):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", [torch.device("meta"), torch.device("cpu", 3)])
+def test_resolve_device_refuses_other_torch_devices(device):
+    with pytest.raises(ValueError, match=r"device: expected .*; got torch.device\("):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device, hint", [(0, "pass 'cuda:0'"), (None, "NoneType"), (True, "bool True"),
+                                          (1.0, "float")])
+def test_resolve_device_refuses_non_strings_with_a_type_error(device, hint):
+    with pytest.raises(TypeError, match=f"device: expected .*{hint}"):
+        resolve_device(device)
+
+
+def test_resolve_device_checks_the_cuda_index_against_the_device_count(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"'cuda:2' asks for CUDA device 2 but this machine has 2 "
+                                         r"\(cuda:0 to cuda:1\); use 'cuda' or an index below 2"):
+        resolve_device("cuda:2")
+    with pytest.raises(ValueError, match="asks for CUDA device 7"):
+        resolve_device(torch.device("cuda", 7))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, np.int64(5)])
+def test_seed_everything_accepts_seeds_below_2_to_the_32(seed):
+    assert isinstance(seed_everything(seed), torch.Generator)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_seed_everything_refuses_seeds_outside_the_range(seed):
+    with pytest.raises(ValueError, match=rf"seed: expected an int from 0 to {2**32 - 1}, got {seed}; pick a seed"):
+        seed_everything(seed)
+
+
+def test_check_seed_leaves_headroom_for_derived_seeds():
+    from poselab.checks import check_seed
+
+    assert check_seed(2**32 - 3, headroom=2) == 2**32 - 3
+    with pytest.raises(ValueError, match=r"from 0 to 4294967293 \(seeds derived from it, up to seed \+ 2"):
+        check_seed(2**32 - 2, headroom=2)
+    with pytest.raises(TypeError, match="seed: expected an int"):
+        check_seed(True)
 
 
 def test_seed_everything_makes_torch_and_numpy_reproducible():

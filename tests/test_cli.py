@@ -129,3 +129,144 @@ def test_training_step_seconds_times_every_model_and_trains_them():
         training_step_seconds(models, x, y, loss, repeats=0, device="cpu")
     with pytest.raises(ValueError, match="models: expected at least one model"):
         training_step_seconds({}, x, y, loss, repeats=1, device="cpu")
+
+
+def _fake_results(calls=None):
+    """A stand-in for run_experiment that records its arguments and returns a tiny Results."""
+    from poselab.results import Claim, Results
+
+    def run(name, **kwargs):
+        if calls is not None:
+            calls.append((name, kwargs))
+        return Results(experiment=name, profile=kwargs["profile"], device="cpu", seed=kwargs["seed"], seconds=0.1,
+                       metrics={"x": 1.0}, claims=[Claim("c", "a claim", "paper", "measured", True)])
+    return run
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr("poselab.experiments.run_experiment", _fake_results(calls))
+    return calls
+
+
+@pytest.mark.parametrize("make_bad, says", [
+    (lambda tmp: tmp, "is a folder; expected a file name"),
+    (lambda tmp: tmp / "missing" / "r.json", "does not exist; create it first"),
+    (lambda tmp: (tmp / "file").write_text("x") and tmp / "file" / "r.json", "is a file, not a folder"),
+])
+def test_out_is_checked_before_anything_runs(tmp_path, capsys, fake_run, make_bad, says):
+    out = make_bad(tmp_path)
+    assert main(["reproduce", "data", "--profile", "fast", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poselab: error: --out") and says in err and err.count("\n") == 1
+    assert fake_run == [], "the experiment must not run when --out cannot be written"
+
+
+def test_summary_is_printed_before_saving_and_the_json_is_atomic(tmp_path, capsys, fake_run, monkeypatch):
+    out = tmp_path / "r.json"
+    out.write_text('{"old": true}\n')
+
+    def broken_dump(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("poselab.results.os.fsync", broken_dump)
+    assert main(["reproduce", "data", "--profile", "fast", "--quiet", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "claims:" in captured.out, "the summary must be shown even when saving fails"
+    assert "No space left on device" in captured.err
+    assert json.loads(out.read_text()) == {"old": True}, "a failed save must leave the previous file whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"], "no temporary file may be left behind"
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    def bad(name, **kwargs):
+        raise ValueError("train_set: expected (N, 17, 2)\ngot (N, 16, 2)")
+
+    monkeypatch.setattr("poselab.experiments.run_experiment", bad)
+    assert main(["reproduce", "data", "--profile", "fast", "--quiet"]) == 2
+    assert capsys.readouterr().err == "poselab: error: train_set: expected (N, 17, 2) got (N, 16, 2)\n"
+    with pytest.raises(ValueError, match="expected"):
+        main(["reproduce", "data", "--profile", "fast", "--quiet", "--debug"])
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps"])
+def test_a_bad_device_is_refused_before_the_run(capsys, fake_run, device):
+    assert main(["reproduce", "data", "--profile", "fast", "--device", device]) == 2
+    assert "device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'" in capsys.readouterr().err
+    assert fake_run == []
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1.5", "ten"])
+def test_seeds_outside_the_range_are_refused(capsys, fake_run, seed):
+    with pytest.raises(SystemExit) as exit_:
+        main(["reproduce", "data", "--profile", "fast", "--seed", seed])
+    assert exit_.value.code == 2
+    assert "--seed: expected an integer from 0 to" in capsys.readouterr().err or seed in ("-1", str(2**32))
+    assert fake_run == []
+
+
+def test_fresh_ignores_checkpoints_and_is_named_by_the_incompatibility_error(tmp_path, fake_run):
+    assert main(["reproduce", "data", "--profile", "fast", "--quiet", "--checkpoint-dir", str(tmp_path)]) == 0
+    assert main(["reproduce", "data", "--profile", "fast", "--quiet", "--checkpoint-dir", str(tmp_path),
+                 "--fresh"]) == 0
+    assert [kwargs["resume"] for _, kwargs in fake_run] == [True, False]
+    from poselab.train import START_OVER
+    assert "--fresh" in START_OVER and "resume=False" in START_OVER
+
+
+@pytest.mark.parametrize("checkpoint_dir, says", [(None, "no --checkpoint-dir was given"),
+                                                  ("ckpt", "checkpointed in 'ckpt'")])
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(capsys, monkeypatch, checkpoint_dir, says):
+    def interrupted(name, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("poselab.experiments.run_experiment", interrupted)
+    argv = ["reproduce", "seal", "--profile", "fast", "--fresh"] + (["--checkpoint-dir", checkpoint_dir]
+                                                                    if checkpoint_dir else [])
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert says in err and "python -m poselab reproduce seal --profile fast" in err
+    command = err[err.index("python -m poselab"):]
+    assert "--fresh" not in command, "the resume command must not start over"
+
+
+def test_ctrl_c_in_an_experiment_without_checkpoints_says_so(capsys, monkeypatch):
+    monkeypatch.setattr("poselab.experiments.run_experiment", lambda name, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["reproduce", "hamipose", "--profile", "fast", "--checkpoint-dir", "ckpt"]) == 130
+    assert "hamipose does not checkpoint" in capsys.readouterr().err
+
+
+def test_regression_compares_a_run_with_its_reference(tmp_path, capsys, fake_run):
+    from poselab import regression
+
+    doc = _fake_results()("data", profile="fast", seed=0).to_dict()
+    other = json.loads(json.dumps(doc))
+    other["metrics"]["x"] = 1.5
+    ref = {"experiment": "data", **regression.build_reference({"a": doc, "b": other})}
+    (tmp_path / "data.json").write_text(json.dumps(ref))
+    assert main(["regression", "data", "--dir", str(tmp_path)]) == 0
+    assert "data: within the reference" in capsys.readouterr().out
+    ref["quantities"]["metrics/x"] = {"value": 3.0, "spread": 0.0, "tolerance": 0.1}
+    (tmp_path / "data.json").write_text(json.dumps(ref))
+    assert main(["regression", "data", "--dir", str(tmp_path)]) == 1
+    assert "metrics/x: 1.0, expected 3 +- 0.1" in capsys.readouterr().out
+    assert main(["regression", "nope"]) == 2
+
+
+def test_run_experiment_passes_resume_and_checks_seed_and_resume(monkeypatch):
+    import importlib
+    import inspect
+
+    from poselab.experiments import EXPERIMENTS, run_experiment
+
+    for name, module in EXPERIMENTS.items():
+        params = inspect.signature(importlib.import_module(module).run).parameters
+        assert params["resume"].default is True, f"{name}.run must take resume=True by default"
+    seen = {}
+    monkeypatch.setattr(importlib.import_module(EXPERIMENTS["data"]), "run", lambda **kw: seen.update(kw) or "ran")
+    assert run_experiment("data", profile="fast", resume=False) == "ran" and seen["resume"] is False
+    with pytest.raises(ValueError, match=r"seed: expected an int from 0 to 4294967293 \(seeds derived"):
+        run_experiment("data", profile="fast", seed=2**32 - 2)
+    with pytest.raises(TypeError, match="resume: expected a bool"):
+        run_experiment("data", profile="fast", resume="no")

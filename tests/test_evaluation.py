@@ -32,7 +32,7 @@ def test_a_chapter_without_parameters_is_rejected(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
     path = tmp_path / "bad.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(ValueError, match=r"'parameters' cell must declare .*missing \['DEVICE', 'PROFILE', 'SEED'\]"):
+    with pytest.raises(ValueError, match=r"'parameters' cell must declare .*missing \['DEVICE', 'PROFILE', 'RESULTS_OUT', 'SEED'\]"):
         book.execute_chapter(path, tmp_path / "out.ipynb", profile="fast")
     with pytest.raises(ValueError, match="unknown profile"):
         book.execute_chapter(path, tmp_path / "out.ipynb", profile="quick")

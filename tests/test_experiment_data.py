@@ -35,15 +35,15 @@ def test_claims_follow_the_measurements(values, expected):
     assert all(bool(c.note) == (not c.holds) for c in claims), "a claim that fails must give a likely reason"
 
 
-def test_checkpointed_rerun_resumes_instead_of_retraining(tmp_path, monkeypatch):
-    first = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
-    assert (tmp_path / "data-fast-seed0.pt").exists()
+def test_checkpointed_rerun_resumes_instead_of_retraining(fast_run, monkeypatch):
+    first, folder = fast_run("data").results, fast_run("data").checkpoint_dir
+    assert (folder / "data-fast-seed0.pt").exists()
 
     def no_step(*args, **kwargs):
         raise AssertionError("the rerun must load the finished checkpoint, not train")
 
     monkeypatch.setattr(torch.optim.Adam, "step", no_step)
-    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
+    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=folder)
     assert second.metrics == first.metrics
     assert second.artifacts["history"].records == first.artifacts["history"].records
     assert {k for k in first.metrics} >= {"train", "test_in", "test_cross", "samples", "test_in_by_dar",

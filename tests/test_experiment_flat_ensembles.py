@@ -118,20 +118,16 @@ def test_one_failing_backbone_fails_a_for_every_backbone_claim():
     assert "1/2 backbones" in claims["cross_domain_gains"].measured
 
 
-def test_small_run_covers_every_measurement(monkeypatch):
-    small = dict(exp.CONFIGS["fast"], backbones=("mlp", "transformer"), epochs=1, landscape_samples=64,
-                 line_points=3, grid_points=3, eig_batches=2, eig_batch_size=32, eig_max_iter=3,
-                 noise_px=(0.0, 10.0), timing_repeats=1)
-    monkeypatch.setitem(exp.CONFIGS, "fast", small)
-    res = exp.run("fast", device="cpu", seed=0, progress=False)
+def test_fast_run_covers_every_measurement(fast_run):
+    res, cfg = fast_run("flat_ensembles").results, exp.CONFIGS["fast"]
     m = res.metrics
-    for b in ("mlp", "transformer"):
+    for b in cfg["backbones"]:
         assert set(m[b]) >= {"baseline", "asm", "asm_m2", "lambda_max", "line_mm", "noise_mm", "head_deviation_mm"}
         assert m[b]["asm_m2"]["parameters"] > m[b]["asm"]["parameters"] > m[b]["baseline"]["parameters"]
         assert len(m[b]["head_deviation_mm"]) == 17 and m[b]["head_deviation_mm"][0] == pytest.approx(0.0, abs=1e-6)
-        assert all(len(v) == 2 for v in m[b]["noise_mm"].values())
+        assert all(len(v) == len(cfg["noise_px"]) for v in m[b]["noise_mm"].values())
         assert set(m[b]["step_ms"]) == {"baseline", "asm_m2"} and all(v > 0 for v in m[b]["step_ms"].values())
-    assert len(m["surface"]["baseline"]) == 3 and m["surface"]["backbone"] == "mlp"
+    assert len(m["surface"]["baseline"]) == cfg["grid_points"] and m["surface"]["backbone"] == "mlp"
     assert set(m["dar_lambda_max"]) == {"low_dar", "high_dar"}
     assert len(res.claims) == 9
     assert isinstance(res.artifacts["models"]["mlp"]["asm_m2"], FlatEnsemble)

@@ -92,9 +92,8 @@ def test_profiles(profile):
 
 
 @pytest.fixture(scope="module")
-def fast_results():
-    torch.set_num_threads(2)
-    return exp.run("fast", device="cpu", seed=0, progress=False)
+def fast_results(fast_run):
+    return fast_run("hamipose").results
 
 
 def test_fast_run_structure(fast_results):

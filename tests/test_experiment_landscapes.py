@@ -89,15 +89,13 @@ def test_dar_note_names_input_scale_only_when_the_data_show_it():
     assert "input scale" not in exp._claims(_metrics(2.0, 1.0, 0.5, 0.5, extent=(0.3, 0.4)))[0].note
 
 
-def test_small_run_measures_everything_and_resumes(tmp_path, monkeypatch):
-    small = dict(exp.CONFIGS["fast"], hidden=32, epochs=2, landscape_samples=128, line_points=5, grid_points=3,
-                 eig_batches=2, eig_batch_size=64, eig_max_iter=5, interp_points=5)
-    monkeypatch.setitem(exp.CONFIGS, "fast", small)
-    first = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
-    m = first.metrics
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["landscapes-fast-seed0.pt", "landscapes-fast-seed1.pt"]
-    assert len(m["line"]["loss_mm"]) == 5 and len(m["surface"]["loss_mm"]) == 3
-    assert m["line"]["loss_mm"][2] == pytest.approx(m["surface"]["loss_mm"][1][1], rel=1e-6)  # both at the solution
+def test_fast_run_measures_everything_and_resumes(fast_run):
+    first, folder = fast_run("landscapes").results, fast_run("landscapes").checkpoint_dir
+    cfg, m = exp.CONFIGS["fast"], first.metrics
+    assert sorted(p.name for p in folder.iterdir()) == ["landscapes-fast-seed0.pt", "landscapes-fast-seed1.pt"]
+    assert len(m["line"]["loss_mm"]) == cfg["line_points"] and len(m["surface"]["loss_mm"]) == cfg["grid_points"]
+    mid_line, mid_grid = cfg["line_points"] // 2, cfg["grid_points"] // 2
+    assert m["line"]["loss_mm"][mid_line] == pytest.approx(m["surface"]["loss_mm"][mid_grid][mid_grid], rel=1e-6)
     assert m["interpolation"]["loss_mm"][0] != m["interpolation"]["loss_mm"][-1]
     assert m["interpolation"]["barrier_mm"] >= 0
     assert set(m["lambda_max"]) == {"train", "low_dar", "high_dar"}
@@ -105,9 +103,9 @@ def test_small_run_measures_everything_and_resumes(tmp_path, monkeypatch):
     assert {c.id for c in first.claims} == {"high_dar_steeper", "sub_losses_conflict", "barrier_between_seeds"}
 
     # a finished checkpoint is loaded, not retrained: training would rewrite it after every epoch
-    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path)
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=folder)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
     assert second.metrics == first.metrics
 
 

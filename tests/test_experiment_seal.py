@@ -125,14 +125,12 @@ def test_claims_follow_the_measurements():
 
 
 @pytest.fixture(scope="module")
-def fast_run():
-    from poselab.experiments import run_experiment
-
-    return run_experiment("seal", profile="fast", device="cpu", seed=0, progress=False)
+def seal_run(fast_run):
+    return fast_run("seal").results
 
 
-def test_fast_run_measures_every_layout_task_net_and_variant(fast_run):
-    m, cfg = fast_run.metrics, exp.CONFIGS["fast"]
+def test_fast_run_measures_every_layout_task_net_and_variant(seal_run):
+    m, cfg = seal_run.metrics, exp.CONFIGS["fast"]
     assert m["layouts"] == list(cfg["layouts"]) and m["task_nets"] == list(cfg["task_nets"])
     for objective in seal.OBJECTIVES:
         assert m["alpha"][objective] in cfg["alphas"][objective]
@@ -150,16 +148,16 @@ def test_fast_run_measures_every_layout_task_net_and_variant(fast_run):
             g = e["gbi_refinement"]
             assert g["step_size"] in (0.0, *cfg["gbi_step_sizes"])
             assert len(g["curve"]["mpjpe_mm"]) == len(g["seal_curve"]["p_mpjpe_mm"]) == cfg["gbi_steps"] + 1
-    preds = fast_run.artifacts["predictions"]["cmu31"]["mlp"]
+    preds = seal_run.artifacts["predictions"]["cmu31"]["mlp"]
     assert set(preds) == set(exp.VARIANTS) and preds["margin"].shape[1:] == (31, 3)
-    assert len(fast_run.claims) == 7
+    assert len(seal_run.claims) == 7
 
 
-def test_fast_run_baseline_and_seal_start_from_the_same_task_net(fast_run):
-    models = fast_run.artifacts["models"]["h36m17"]["mlp"]
-    assert isinstance(models["margin"], seal.SealModel) and models["margin"].alpha == fast_run.metrics["alpha"]["margin"]
+def test_fast_run_baseline_and_seal_start_from_the_same_task_net(seal_run):
+    models = seal_run.artifacts["models"]["h36m17"]["mlp"]
+    assert isinstance(models["margin"], seal.SealModel) and models["margin"].alpha == seal_run.metrics["alpha"]["margin"]
     # GBI's energy was trained on the baseline's frozen predictions: the ground truth scores lower
-    data = fast_run.artifacts["splits"]["h36m17"]["test_in"]
+    data = seal_run.artifacts["splits"]["h36m17"]["test_in"]
     from poselab.evaluation import predict
 
     pred = predict(models["baseline"], data.inputs, device="cpu")

@@ -93,9 +93,8 @@ def test_claims_fail_with_reasons_when_nothing_collapses():
 
 
 @pytest.fixture(scope="module")
-def fast_results(tmp_path_factory):
-    torch.set_num_threads(2)
-    return exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
+def fast_results(fast_run):
+    return fast_run("ssl_collapse").results
 
 
 def test_fast_run_structure(fast_results):

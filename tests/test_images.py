@@ -277,7 +277,7 @@ def test_render_image_set_caches_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("POSELAB_CACHE_DIR", str(tmp_path))
     assert I.cache_dir() == tmp_path
     first = render_image_set("train", "synthetic", 3, size=S, seed=1, batch_size=2, device="cpu", progress=False)
-    files = list((tmp_path / "images").glob("*.pt"))
+    files = list((tmp_path / "images").glob("*.safetensors"))
     assert len(files) == 1 and not list((tmp_path / "images").glob("*.tmp"))
 
     def fail(*args, **kwargs):
@@ -290,6 +290,84 @@ def test_render_image_set_caches_on_disk(tmp_path, monkeypatch):
     assert (second.clip_names, second.look) == (first.clip_names, first.look)
     with pytest.raises(AssertionError, match="cached set was not used"):  # another seed is another file
         render_image_set("train", "synthetic", 3, size=S, seed=2, batch_size=2, device="cpu", progress=False)
+
+
+CACHED = dict(split="train", look="realistic", count=3, size=S, seed=1, batch_size=2, device="cpu", progress=False)
+
+
+def _assert_same_set(a, b):
+    for name in PersonImages._TENSORS:
+        got, want = getattr(a, name), getattr(b, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert (a.clip_names, a.look) == (b.clip_names, b.look)
+
+
+@pytest.fixture(scope="module")
+def fresh_set():
+    return render_image_set(**CACHED, cache=False)
+
+
+def _cache_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSELAB_CACHE_DIR", str(tmp_path))
+    render_image_set(**CACHED)
+    (path,) = (tmp_path / "images").glob("*.safetensors")
+    return path
+
+
+def test_cached_set_is_bitwise_the_rendered_one(tmp_path, monkeypatch, fresh_set):
+    path = _cache_file(tmp_path, monkeypatch)
+    assert I.CACHE_FORMAT in path.read_bytes()[:4096].decode("latin-1")  # a safetensors file of this format
+    monkeypatch.setattr(I, "render_people", lambda *a, **k: pytest.fail("the cached set was not used"))
+    _assert_same_set(render_image_set(**CACHED), fresh_set)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("damage", ["torch.save pickle", "plain pickle", "truncated", "empty", "other set"])
+def test_a_bad_cache_file_is_never_unpickled_and_is_rendered_again(tmp_path, monkeypatch, fresh_set, damage):
+    import pickle
+
+    path = _cache_file(tmp_path, monkeypatch)
+    marker = tmp_path / "marker"
+    if damage == "torch.save pickle":
+        torch.save({**fresh_set.to_dict(), "images": _Payload(marker)}, path)
+    elif damage == "plain pickle":
+        path.write_bytes(pickle.dumps({"images": _Payload(marker)}, protocol=2))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # a valid cache file of another set under this name
+        render_image_set(**{**CACHED, "seed": 2})
+        (other,) = [f for f in (tmp_path / "images").glob("*.safetensors") if f != path]
+        other.replace(path)
+    with pytest.warns(UserWarning, match=r"image cache '.*\.safetensors' .*it is deleted and the set is rendered again"):
+        again = render_image_set(**CACHED)
+    assert not marker.exists()
+    _assert_same_set(again, fresh_set)
+    monkeypatch.setattr(I, "render_people", lambda *a, **k: pytest.fail("the rewritten cache was not used"))
+    _assert_same_set(render_image_set(**CACHED), fresh_set)  # the rewritten file is good
+
+
+def test_an_old_pickle_cache_is_not_read(tmp_path, monkeypatch, fresh_set):
+    """Version 1 caches were pickles named ``*.pt``; version 2 has another key, so they are never opened."""
+    monkeypatch.setenv("POSELAB_CACHE_DIR", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    marker = tmp_path / "marker"
+    for stale in ("train_realistic_32px_3_000000000000.pt", "train_realistic_32px_3_000000000000.safetensors"):
+        torch.save({"images": _Payload(marker)}, tmp_path / "images" / stale)
+    _assert_same_set(render_image_set(**CACHED), fresh_set)
+    assert not marker.exists() and I.IMAGE_FORMAT_VERSION >= 2
 
 
 def test_render_image_set_batches_are_independent_of_count():

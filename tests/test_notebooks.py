@@ -5,12 +5,13 @@ nbval (``--nbval-lax``, cells tagged ``nbval-check-output``) re-runs the referen
 with the chapters.
 """
 
+import json
 import re
 
 import nbformat
 import pytest
 
-from poselab import book
+from poselab import book, regression
 
 CHAPTERS = book.chapter_notebooks()
 pytestmark = pytest.mark.notebook
@@ -21,10 +22,15 @@ def _code_sources(nb):
             if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
+def _results_path(executed_chapter):
+    return executed_chapter.with_suffix(".results.json")
+
+
 @pytest.fixture(scope="session")
 def executed(tmp_path_factory):
     out = tmp_path_factory.mktemp("executed")
-    return {nb: book.execute_chapter(nb, out / nb.name, profile="fast", device="cpu", seed=0) for nb in CHAPTERS}
+    return {nb: book.execute_chapter(nb, out / nb.name, profile="fast", device="cpu", seed=0,
+                                     results_out=_results_path(out / nb.name)) for nb in CHAPTERS}
 
 
 def test_the_book_has_chapters():
@@ -57,6 +63,21 @@ def test_chapter_executes_at_fast(chapter, executed):
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert any("| claim | paper | ours | holds |" in m for m in markdown), "no claims table was displayed"
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs), "no plotly figure"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_run_is_bitwise_the_same_run_in_this_process(chapter, executed, fast_run):
+    """Determinism: the chapter's experiment, run in its kernel (another process, same machine and
+    environment), gives exactly the numbers of the session's own fast run (every metric and verdict;
+    timings aside). The session's run also checkpoints and the chapter's does not: that must not
+    change a digit either."""
+    saved = json.loads(_results_path(executed[chapter]).read_text())
+    assert (saved["profile"], saved["device"], saved["seed"]) == ("fast", "cpu", 0)
+    ours = json.loads(json.dumps(fast_run(saved["experiment"]).results.to_dict()))
+    theirs, mine = regression.flatten(saved), regression.flatten(ours)
+    differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k, "<absent>") != mine.get(k, "<absent>"))
+    assert not differ, f"{len(differ)} quantities differ between two identical runs, e.g. " + ", ".join(
+        f"{k}: {theirs.get(k, '<absent>')!r} vs {mine.get(k, '<absent>')!r}" for k in differ[:5])
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)

@@ -3,6 +3,7 @@
 import pytest
 
 from poselab import regression
+from poselab.experiments import EXPERIMENTS
 
 
 def _doc(mpjpe, samples=10, holds=True, flag=True):
@@ -65,3 +66,39 @@ def test_compare_reports_quantities_on_one_side_only():
 def test_a_reference_needs_two_settings():
     with pytest.raises(ValueError, match="at least 2"):
         regression.build_reference({"a": _doc(1.0)})
+
+
+def test_a_reference_on_disk_names_its_experiment(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--refresh"):
+        regression.load_reference("data", tmp_path)
+    (tmp_path / "data.json").write_text('{"experiment": "seal", "quantities": {}}')
+    with pytest.raises(ValueError, match="not a reference of 'data'"):
+        regression.load_reference("data", tmp_path)
+
+
+def test_measuring_settings_pin_capability_threads_and_a_private_cache(tmp_path):
+    env = regression.setting_env(("avx2", 1), tmp_path / "cache")
+    assert (env["ATEN_CPU_CAPABILITY"], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("avx2", "1", "1")
+    assert env["POSELAB_CACHE_DIR"] == str(tmp_path / "cache")
+    assert regression.setting_name(("avx512", 2)) == "avx512/2"
+    assert ("default", 1) in regression.available_settings()  # every x86 and ARM CPU has the default kernels
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_fast_results_are_within_the_measured_tolerances(name, fast_run):
+    """The session's fast run of each experiment against its committed reference (tests/regression/)."""
+    reference = regression.load_reference(name)
+    problems = regression.compare(fast_run(name).results.to_dict(), reference)
+    assert not problems, (f"{name}: {len(problems)} quantities outside the reference (tolerance = "
+                          f"{reference['margin']} x the spread over {', '.join(reference['settings'])}):\n  "
+                          + "\n  ".join(problems[:20]))
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_references_are_current(name):
+    """Each reference was made by the refresh command at fast, seed 0, and covers at least two settings."""
+    ref = regression.load_reference(name)
+    assert (ref["profile"], ref["seed"], ref["command"]) == ("fast", 0, regression.REFRESH_COMMAND)
+    assert len(ref["settings"]) >= 2 and ref["quantities"]
+    assert all(e["tolerance"] >= ref["margin"] * e["spread"] for e in ref["quantities"].values() if "tolerance" in e)

@@ -46,3 +46,12 @@ def test_outline_names_the_claims_without_any_measured_value():
     claims = [Claim("gap", "a gap", "10 mm", "12.3 mm", True), Claim("flat", "flatter", "x", "4.56", None)]
     res = Results("data", "fast", "cpu", 0, 1.0, {"mpjpe_mm": 12.3}, claims)
     assert res.outline() == "data at profile fast: 2 claims checked (gap, flat)"
+
+
+def test_save_refuses_a_folder_and_leaves_no_temporary_file(tmp_path):
+    res = Results(experiment="data", profile="fast", device="cpu", seed=0, seconds=1.0, metrics={"x": 1.0}, claims=[])
+    with pytest.raises(IsADirectoryError, match="is a folder; expected a file name"):
+        res.save(tmp_path)
+    path = res.save(tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text())["metrics"] == {"x": 1.0}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]

@@ -275,6 +275,138 @@ def test_train_ssl_checkpoint(tmp_path):
         train_ssl([net(0), net(1)], data, config("dual", lr=3e-4), checkpoint_path=path, progress=False)
 
 
+def _interrupted_at_step(monkeypatch, stop_at, *args, **kwargs):
+    """Run ``train_ssl`` until optimisation step ``stop_at`` (1-based) raises, like a Ctrl-C."""
+    import poselab.methods.ssl_collapse as S
+
+    calls, real = [], S.ssl_step
+
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "ssl_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train_ssl(*args, **kwargs)
+    monkeypatch.setattr(S, "ssl_step", real)
+
+
+def test_train_ssl_resume_after_an_interruption_is_bitwise(tmp_path, monkeypatch):
+    from poselab.methods.ssl_collapse import CHECKPOINT_FORMAT
+    from poselab.tensorfile import load_tensor_file
+
+    data = tiny_data()
+    evals = {"test": (data.labelled, data.keypoints, data.visible)}
+    kw = dict(eval_sets=evals, device="cpu", seed=3, progress=False)
+    full, full_history = train_ssl([net(0), net(1)], data, config("dual", iterations=6), **kw)
+    path = tmp_path / "run.safetensors"
+    _interrupted_at_step(monkeypatch, 4, [net(0), net(1)], data, config("dual", iterations=6), checkpoint_path=path,
+                         **kw)
+    _, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT)
+    assert meta["iteration"] == 2 and not list(tmp_path.glob("*.tmp"))
+    torch.rand(100)  # another global RNG state in the "new session"
+    resumed, history = train_ssl([net(5), net(6)], data, config("dual", iterations=6), checkpoint_path=path, **kw)
+    assert history.records == full_history.records
+    for a, b in zip(full, resumed):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    tensors, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT)  # the file holds exactly the final state
+    assert meta["iteration"] == 6 and meta["history"]["records"] == history.records
+    for i, trained in enumerate(resumed):
+        for name, value in trained.state_dict().items():
+            assert torch.equal(tensors[f"networks/{i}/{name}"], value), name
+
+
+def _checkpoint_after_two_steps(tmp_path, **kw):
+    path = tmp_path / "run.safetensors"
+    data = tiny_data()
+    train_ssl([net(0)], data, config("easy_hard", iterations=2), checkpoint_path=path, progress=False, **kw)
+    return path, data
+
+
+def test_train_ssl_refuses_a_checkpoint_of_another_run_and_says_how_to_start_over(tmp_path):
+    path, data = _checkpoint_after_two_steps(tmp_path)
+    run = lambda nets, d, cfg, **kw: train_ssl(nets, d, cfg, checkpoint_path=path, progress=False, **kw)  # noqa: E731
+    cases = [
+        (dict(cfg=config("easy_hard", iterations=2, sigma=2.0)), r"config/sigma: 1\.5 in the checkpoint vs 2\.0 now"),
+        (dict(cfg=config("easy_hard", iterations=2, hard=EASY)), r"config/hard/"),
+        (dict(seed=1), r"seed: 0 in the checkpoint vs 1 now"),
+    ]
+    changed = tiny_data()
+    changed.unlabelled[5, 1, 7, 9] ^= 1  # one bit of one pixel
+    cases.append((dict(d=changed), r"data/unlabelled: "))
+    momentum = net(0)
+    next(m for m in momentum.modules() if isinstance(m, nn.BatchNorm2d)).momentum = 0.2
+    cases.append((dict(nets=[momentum]), r"networks/0/.*momentum: 0\.1 in the checkpoint vs 0\.2 now"))
+    cases.append((dict(eval_sets={"test": (data.unlabelled,)}), r"eval_sets/test: '<absent>' in the checkpoint"))
+    for change, match in cases:
+        args = dict(nets=[net(0)], d=data, cfg=config("easy_hard", iterations=2)) | change
+        with pytest.raises(ValueError, match=rf"run\.safetensors' was written by a different run \(.*{match}.*resume=False "
+                                             r"\(on the command line: --fresh\), or use another checkpoint folder"):
+            run(args.pop("nets"), args.pop("d"), args.pop("cfg"), **args)
+    _, history = run([net(0)], data, config("easy_hard", iterations=2))  # the same run: returns at once
+    assert history.records[-1]["iteration"] == 2
+    fresh, history = run([net(0)], data, config("easy_hard", iterations=2, sigma=2.0), resume=False)
+    assert history.records[-1]["iteration"] == 2  # a fresh run overwrote the checkpoint
+    run([net(0)], data, config("easy_hard", iterations=2, sigma=2.0))
+
+
+class _Payload:
+    """Unpickling this runs ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_train_ssl_never_unpickles_a_checkpoint(tmp_path, writer):
+    import pickle
+
+    path, marker = tmp_path / "run.pt", tmp_path / "marker"
+    payload = {"fingerprint": None, "networks": [_Payload(marker)], "iteration": 0}
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ValueError, match=r"checkpoint '.*run\.pt' could not be read \(not a safetensors file.*"
+                                         r"delete it, or start over with resume=False"):
+        train_ssl([net(0)], tiny_data(), config("easy_hard"), checkpoint_path=path, progress=False)
+    assert not marker.exists()
+
+
+def test_train_ssl_damaged_checkpoints_give_clear_errors(tmp_path):
+    path, data = _checkpoint_after_two_steps(tmp_path)
+    good = path.read_bytes()
+    run = lambda: train_ssl([net(0)], data, config("easy_hard", iterations=2), checkpoint_path=path,  # noqa: E731
+                            progress=False)
+    path.write_bytes(good[: len(good) - 100])  # truncated
+    with pytest.raises(ValueError, match=r"run\.safetensors' could not be read \(not a safetensors file or truncated"):
+        run()
+    damaged = bytearray(good)
+    damaged[-5] ^= 0xFF  # one byte of the last tensor
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"do not match their SHA-256: the file is damaged\); delete it"):
+        run()
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="could not be read"):
+        run()
+
+
+def test_train_ssl_checkpoint_below_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "ckpts").write_text("a file")
+    with pytest.raises(ValueError, match=r"checkpoint_path: .*ckpts.* is a file, not a folder"):
+        train_ssl([net(0)], tiny_data(), config("easy_hard"), checkpoint_path=tmp_path / "ckpts" / "r.safetensors",
+                  progress=False)
+    with pytest.raises(TypeError, match="resume: expected a bool"):
+        train_ssl([net(0)], tiny_data(), config("easy_hard"), resume="no", progress=False)
+
+
 def test_lr_schedule():
     cfg = SSLConfig(iterations=100, lr=1e-3, lr_milestones=(0.5, 0.9))
     assert cfg.lr_at(0) == 1e-3 and cfg.lr_at(50) == pytest.approx(1e-4) and cfg.lr_at(95) == pytest.approx(1e-5)

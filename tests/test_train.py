@@ -168,7 +168,7 @@ def test_resume_false_starts_over(tmp_path):
         (dict(epochs=5), "epochs"),
         (dict(seed=1), "seed"),
         (dict(data=make_data(n=32)), "num_samples"),
-        (dict(data=make_data(seed=3)), "data_checksum"),
+        (dict(data=make_data(seed=3)), "data_sha256/train/inputs"),
         (dict(model=nn.Sequential(nn.Flatten(), nn.Linear(J * 2, J * 3), nn.Unflatten(1, (J, 3)))), "parameters"),
     ],
 )
@@ -192,6 +192,144 @@ def test_foreign_checkpoint_file_raises(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="c.pt.*could not be read"):
         train_model(make_model(), make_data(), epochs=1, checkpoint_path=ckpt, **FAST)
+
+
+def _first_epoch_then_interrupt(ckpt, model=None, data=None, **kwargs):
+    """Epoch 1 of a 3-epoch run is on disk at ``ckpt``."""
+    with pytest.raises(KeyboardInterrupt):
+        train_model(model or make_model(), data or make_data(), epochs=3, checkpoint_path=ckpt,
+                    callbacks=[Interrupt(1)], **{**FAST, **kwargs})
+
+
+def test_dropout_rate_is_part_of_the_fingerprint(tmp_path):
+    """Dropout changes no parameter shape; a checkpoint of p=0.1 must still refuse p=0.2."""
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt, model=make_model(dropout=0.1))
+    with pytest.raises(ValueError, match=r"incompatible training configuration \(model/3\.p: 0\.1 in the checkpoint "
+                                         r"vs 0\.2 now\)"):
+        train_model(make_model(dropout=0.2), make_data(), epochs=3, checkpoint_path=ckpt, **FAST)
+    hist = train_model(make_model(dropout=0.1), make_data(), epochs=3, checkpoint_path=ckpt, **FAST)  # same: resumes
+    assert hist.column("epoch") == [1, 2, 3]
+
+
+def test_every_byte_of_the_training_data_is_fingerprinted(tmp_path):
+    """One value changed in a row that a strided sample (every n // 64-th row) would not read."""
+    x, y = make_data(n=200)
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt, data=(x, y))
+    stride = max(1, 200 // 64)
+    assert 1 % stride != 0  # row 1 is outside such a sample
+    for name, (x2, y2) in {"inputs": (x.clone(), y), "targets": (x, y.clone())}.items():
+        (x2 if name == "inputs" else y2)[1, 0, 0] += 1e-6
+        with pytest.raises(ValueError, match=rf"data_sha256/train/{name}: '[0-9a-f]+\.\.\.' in the checkpoint"):
+            train_model(make_model(), (x2, y2), epochs=3, checkpoint_path=ckpt, **FAST)
+
+
+def test_eval_sets_are_fingerprinted(tmp_path):
+    data, val = make_data(), make_data(n=40, seed=1)
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt, eval_sets={"val": val})
+    other = (val[0].clone(), val[1])
+    other[0][17, 2, 1] = -other[0][17, 2, 1]
+    with pytest.raises(ValueError, match=r"data_sha256/eval/val/inputs: .* in the checkpoint vs .* now.*--fresh"):
+        train_model(make_model(), data, epochs=3, checkpoint_path=ckpt, eval_sets={"val": other}, **FAST)
+    with pytest.raises(ValueError, match=r"eval_sets: \['val'\] in the checkpoint vs \['test'\] now"):
+        train_model(make_model(), data, epochs=3, checkpoint_path=ckpt, eval_sets={"test": val}, **FAST)
+    hist = train_model(make_model(), data, epochs=3, checkpoint_path=ckpt, eval_sets={"val": val}, **FAST)
+    assert hist.column("epoch") == [1, 2, 3]
+
+
+def weighted_loss(weight):
+    def loss(model, inputs, targets):
+        return weight * mpjpe_loss(model, inputs, targets)
+
+    return loss
+
+
+def test_loss_function_settings_are_fingerprinted(tmp_path):
+    """Two closures of the same factory are the same function with other settings."""
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt, loss_fn=weighted_loss(1.0))
+    with pytest.raises(ValueError, match=r"loss_fn/settings/weight: 1\.0 in the checkpoint vs 2\.0 now"):
+        train_model(make_model(), make_data(), epochs=3, checkpoint_path=ckpt, loss_fn=weighted_loss(2.0), **FAST)
+
+
+def test_incompatible_error_names_both_ways_to_start_over(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt)
+    with pytest.raises(ValueError) as info:
+        train_model(make_model(), make_data(), epochs=3, checkpoint_path=ckpt, **{**FAST, "lr": 5e-3})
+    assert "resume=False" in str(info.value) and "--fresh" in str(info.value)
+    assert "another checkpoint folder" in str(info.value)
+
+
+def test_checkpoint_path_below_a_file_or_that_is_a_folder_raises(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.write_text("I am a file")
+    with pytest.raises(ValueError, match=r"checkpoint_path: .*checkpoints.*is a file, not a folder"):
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=folder / "run.pt", **FAST)
+    with pytest.raises(ValueError, match=r"is a file, not a folder"):  # deeper below the file too
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=folder / "a" / "run.pt", **FAST)
+    with pytest.raises(ValueError, match=r"checkpoint_path: .* is a folder; expected the path of a checkpoint file"):
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=tmp_path, **FAST)
+    assert folder.read_text() == "I am a file"
+
+
+class _Payload:
+    """Unpickling this runs ``os.system("touch <marker>")``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_a_crafted_pickle_checkpoint_is_refused_unexecuted(tmp_path, writer):
+    import pickle
+
+    ckpt, marker = tmp_path / "c.pt", tmp_path / "marker"
+    payload = {"format": train_mod.CHECKPOINT_FORMAT, "model": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(payload, ckpt)
+    else:
+        ckpt.write_bytes(pickle.dumps(payload, protocol=2))
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "control")))  # control: the payload works when unpickled
+    assert (tmp_path / "control").exists()
+    with pytest.raises(ValueError, match=r"c\.pt.*could not be read.*delete it, or start over with resume=False "
+                                         r"\(on the command line: --fresh\)"):
+        train_model(make_model(), make_data(), epochs=1, checkpoint_path=ckpt, **FAST)
+    assert not marker.exists()
+
+
+def test_a_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    _first_epoch_then_interrupt(ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"c\.pt.*could not be read as a poselab\.train checkpoint.*--fresh"):
+        train_model(make_model(), make_data(), epochs=3, checkpoint_path=ckpt, **FAST)
+
+
+def test_module_fingerprint_sees_options_but_not_weights():
+    from poselab.models.lifting import build_lifter
+    from poselab.train import module_fingerprint
+
+    a, b = build_lifter("gcn", hidden=8, num_blocks=1), build_lifter("gcn", hidden=8, num_blocks=1)
+    with torch.no_grad():
+        next(b.parameters()).add_(1.0)
+    assert module_fingerprint(a) == module_fingerprint(b)  # weights are restored from the checkpoint
+    other_graph = build_lifter("gcn", hidden=8, num_blocks=1, parents=(-1, 0, 0, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8,
+                                                                        14, 15))
+    diff = {k for k in module_fingerprint(a) if module_fingerprint(a)[k] != module_fingerprint(other_graph).get(k)}
+    assert any(k.endswith(":constant") for k in diff)  # the adjacency lives in non-persistent buffers
+    t1, t2 = build_lifter("transformer", dropout=0.1), build_lifter("transformer", dropout=0.2)
+    assert module_fingerprint(t1) != module_fingerprint(t2)
+    rng = torch.get_rng_state()
+    module_fingerprint(t1)
+    assert torch.equal(rng, torch.get_rng_state())  # draws no random numbers
 
 
 def test_eval_metrics_recorded_every_epoch():

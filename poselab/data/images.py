@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from poselab.data.cameras import look_at
 from poselab.data.lifting import EXCLUDED_PROPORTIONS, SPLIT_SUBJECTS
 from poselab.data.mocap import clip_index, load_clip
 from poselab.data.render import point_visibility, render_mesh, scale_intrinsics
+from poselab.tensorfile import TensorFileError, load_tensor_file, save_tensor_file
 
 __all__ = [
     "LOOKS",
@@ -53,6 +55,7 @@ __all__ = [
     "CROP_MARGIN",
     "VISIBILITY_TOLERANCE_M",
     "IMAGE_FORMAT_VERSION",
+    "CACHE_FORMAT",
     "PersonImages",
     "cache_dir",
     "split_clips",
@@ -92,8 +95,13 @@ VISIBILITY_TOLERANCE_M = 0.12
 visible. Anny's COCO keypoints are joint centres, up to about 10 cm under the skin (hips,
 shoulders seen from the front); a limb or torso in front is thicker than that."""
 
-IMAGE_FORMAT_VERSION = 1
-"""Bumped whenever the rendering changes, so that cached datasets are rebuilt."""
+IMAGE_FORMAT_VERSION = 2
+"""Bumped whenever the rendering or the cache file changes, so that cached datasets are rebuilt
+(2: the cache is a safetensors file, :data:`CACHE_FORMAT`; 1 was a pickle)."""
+
+CACHE_FORMAT = "poselab.images/2"
+"""Format of a cached set (:mod:`poselab.tensorfile`): the :class:`PersonImages` tensors under their
+field names; ``clip_names``, ``look`` and the cache key as JSON metadata. Nothing is unpickled."""
 
 SUPERSAMPLE = 2
 """Sub-samples per pixel side when rendering the body (anti-aliased silhouettes)."""
@@ -345,7 +353,8 @@ def render_image_set(split: str, look: str, count: int, size: int = 64, seed: in
         batch_size: images rendered at once (memory: about 20 MB per image at 64 px on CPU).
         device: where to render; the pixels are the same up to float rounding on CPU and CUDA,
             but the cache is keyed by the device type so that a set never mixes the two.
-        cache: read/write ``cache_dir() / "images"``.
+        cache: read/write ``cache_dir() / "images"`` (safetensors files, :data:`CACHE_FORMAT`; a
+            damaged or foreign file there is deleted, with a warning, and the set rendered again).
         progress: a ``tqdm`` bar over batches.
 
     Returns:
@@ -363,9 +372,11 @@ def render_image_set(split: str, look: str, count: int, size: int = 64, seed: in
     key = dict(split=split, look=look, count=count, size=size, seed=seed, batch_size=batch_size,
                device=dev.type, version=IMAGE_FORMAT_VERSION, supersample=SUPERSAMPLE)
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir() / "images" / f"{split}_{look}_{size}px_{count}_{digest}.pt"
+    path = cache_dir() / "images" / f"{split}_{look}_{size}px_{count}_{digest}.safetensors"
     if cache and path.exists():
-        return PersonImages(**torch.load(path, weights_only=False))
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return cached
     clips = split_clips(split)
     parts = []
     bar = None
@@ -383,11 +394,34 @@ def render_image_set(split: str, look: str, count: int, size: int = 64, seed: in
         bar.close()
     images = _cat(parts)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(images.to_dict(), tmp)
-        os.replace(tmp, path)
+        save_tensor_file(path, {name: getattr(images, name) for name in PersonImages._TENSORS},
+                         {"clip_names": list(images.clip_names), "look": images.look, "key": key}, format=CACHE_FORMAT)
     return images
+
+
+def _read_cache(path: Path, key: dict) -> PersonImages | None:
+    """The cached set at ``path``, or ``None`` (with a warning, the file deleted) when the file is
+    damaged, foreign or of another key: the caller renders the set again and rewrites it."""
+    try:
+        tensors, meta = load_tensor_file(path, format=CACHE_FORMAT, what="image cache",
+                                         recover="it is deleted and the set is rendered again")
+        if meta.get("key") != key or set(tensors) != set(PersonImages._TENSORS):
+            raise TensorFileError(f"image cache {str(path)!r} holds another set (key {meta.get('key')!r}, "
+                                  f"fields {sorted(tensors)}); it is deleted and the set is rendered again")
+        return PersonImages(**tensors, clip_names=meta["clip_names"], look=meta["look"])
+    except (TensorFileError, KeyError, TypeError, ValueError) as exc:
+        if path.is_dir():
+            raise TensorFileError(f"image cache {str(path)!r} is a folder, not a cached set; remove it, or pass "
+                                  f"cache=False") from exc
+        message = (str(exc) if isinstance(exc, TensorFileError) else
+                   f"image cache {str(path)!r} could not be used ({exc}); it is deleted and the set is rendered again")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise TensorFileError(f"{message}, but it could not be deleted ({err}); delete it by hand, or pass "
+                                  f"cache=False") from exc
+        warnings.warn(message, stacklevel=3)
+        return None
 
 
 def _batch_seed(seed: int, split: str, look: str, index: int) -> int:

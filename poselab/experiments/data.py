@@ -51,7 +51,7 @@ def metrics_by_dar(pred: torch.Tensor, dataset, groups: int = 3) -> dict[str, di
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir: str | Path | None = None) -> Results:
+        checkpoint_dir: str | Path | None = None, resume: bool = True) -> Results:
     """Train SimpleBaseline on ``train`` and measure it on ``test_in`` and ``test_cross``.
 
     Args:
@@ -60,6 +60,8 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         seed: seeds the data (wild cameras), the initialisation and the batch order.
         checkpoint_dir: when given, training checkpoints every epoch there and resumes.
+        resume: with ``False`` an existing checkpoint in ``checkpoint_dir`` is ignored and
+            overwritten (a fresh run).
     Returns:
         :class:`~poselab.results.Results` with ``metrics[split]`` = MPJPE, P-MPJPE, N-MPJPE (mm),
         PCK@150 mm and AUC per split, the same per DAR tercile of both test splits, and the claims;
@@ -75,7 +77,7 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     ckpt = Path(checkpoint_dir) / f"data-{profile}-seed{seed}.pt" if checkpoint_dir is not None else None
     history = train_model(model, splits["train"], epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                           lr_decay=cfg["lr_decay"], eval_sets={k: splits[k] for k in ("test_in", "test_cross")},
-                          device=dev, seed=seed, checkpoint_path=ckpt, progress=progress)
+                          device=dev, seed=seed, checkpoint_path=ckpt, resume=resume, progress=progress)
 
     preds = {name: predict(model, split.inputs, device=dev) for name, split in splits.items()}
     metrics: dict = {name: lifting_metrics(preds[name], split.targets) for name, split in splits.items()}

@@ -131,7 +131,7 @@ def check_config(cfg: dict) -> None:
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir: str | Path | None = None) -> Results:
+        checkpoint_dir: str | Path | None = None, resume: bool = True) -> Results:
     """Train every backbone x variant and measure accuracy, flatness, robustness, diversity and cost.
 
     Returns:
@@ -171,7 +171,7 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                     if checkpoint_dir else None)
             history = train_model(model, splits["train"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                   lr=cfg["lr"], lr_decay=cfg["lr_decay"], loss_fn=ensemble_loss, device=dev,
-                                  seed=seed, checkpoint_path=ckpt, progress=progress)
+                                  seed=seed, checkpoint_path=ckpt, resume=resume, progress=progress)
             models[backbone][name] = model
             entry[name] = {"parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                            "train_seconds": float(sum(history.column("seconds")))}

@@ -135,10 +135,11 @@ def late_mean(values: list[float], share: float = 1 / 3) -> float:
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir=None) -> Results:
+        checkpoint_dir=None, resume: bool = True) -> Results:
     """Render the data, pre-train on the source, train every run and check the paper's claims.
 
-    ``checkpoint_dir`` is accepted for a uniform interface and not used: runs are short.
+    ``checkpoint_dir`` and ``resume`` are accepted for a uniform interface and not used: runs are
+    short and always start from scratch.
 
     Returns:
         :class:`~poselab.results.Results`. ``metrics["runs"][name]`` holds ``config`` (the

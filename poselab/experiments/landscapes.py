@@ -60,13 +60,14 @@ BARRIER_THRESHOLD = 0.10
 """The barrier claim holds when the barrier exceeds 10 % of the mean loss of the two end points."""
 
 
-def train_lifter(splits: dict, cfg: dict, seed: int, device, progress: bool, checkpoint: Path | None):
+def train_lifter(splits: dict, cfg: dict, seed: int, device, progress: bool, checkpoint: Path | None,
+                 resume: bool = True):
     """Train the chapter's MLP lifter from ``seed`` (initialisation and batch order) on ``splits["train"]``."""
     seed_everything(seed)
     model = build_lifter("mlp", hidden=cfg["hidden"], num_blocks=cfg["num_blocks"], dropout=cfg["dropout"])
     history = train_model(model, splits["train"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                           lr=cfg["lr"], lr_decay=cfg["lr_decay"], device=device, seed=seed,
-                          checkpoint_path=checkpoint, progress=progress)
+                          checkpoint_path=checkpoint, resume=resume, progress=progress)
     return model, history
 
 
@@ -147,7 +148,7 @@ def _mm(t) -> list[float]:
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir: str | Path | None = None) -> Results:
+        checkpoint_dir: str | Path | None = None, resume: bool = True) -> Results:
     """Train two MLP lifters (seeds ``seed`` and ``seed + 1``) and measure their loss landscapes.
 
     Returns:
@@ -165,8 +166,8 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     cfg = CONFIGS[profile]
     splits = build_lifting_splits(profile, seed=seed)
     ckpt = (lambda s: Path(checkpoint_dir) / f"landscapes-{profile}-seed{s}.pt") if checkpoint_dir else (lambda s: None)
-    model_a, history_a = train_lifter(splits, cfg, seed, dev, progress, ckpt(seed))
-    model_b, history_b = train_lifter(splits, cfg, seed + 1, dev, progress, ckpt(seed + 1))
+    model_a, history_a = train_lifter(splits, cfg, seed, dev, progress, ckpt(seed), resume)
+    model_b, history_b = train_lifter(splits, cfg, seed + 1, dev, progress, ckpt(seed + 1), resume)
 
     metrics: dict = {"models": {}}
     for name, model in (("a", model_a), ("b", model_b)):

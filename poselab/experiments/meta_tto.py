@@ -108,10 +108,11 @@ def tto_curves(network, aux_network, aux_weight: float, images, targets, body, s
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir=None) -> Results:
+        checkpoint_dir=None, resume: bool = True) -> Results:
     """Render the data, pre-train, train the three runs, evaluate with TTO and check the claims.
 
-    ``checkpoint_dir`` is accepted for a uniform interface and not used: runs take minutes.
+    ``checkpoint_dir`` and ``resume`` are accepted for a uniform interface and not used: runs
+    take minutes and always start from scratch.
 
     Returns:
         :class:`~poselab.results.Results`. ``metrics["runs"][name]`` (the :data:`RUNS`) holds

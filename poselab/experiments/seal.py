@@ -98,7 +98,7 @@ def split_validation(train):
 
 
 def tune_alpha(layout: str, name: str, splits: dict, cfg: dict, seed: int, dev, progress: bool,
-               checkpoint_prefix: Path | None = None) -> dict:
+               checkpoint_prefix: Path | None = None, resume: bool = True) -> dict:
     """Choose ``alpha`` per objective as the paper does (a search on validation data, there Bayesian):
     train SEAL for every ``alpha`` of ``cfg["alphas"][objective]`` on the training subjects minus
     :data:`VALIDATION_SUBJECTS`, and keep the one with the lowest MPJPE on those subjects.
@@ -116,7 +116,8 @@ def tune_alpha(layout: str, name: str, splits: dict, cfg: dict, seed: int, dev, 
                         lr_decay=cfg["lr_decay"], device=dev, seed=seed, progress=progress, step_fn=seal.seal_step,
                         param_groups=_groups(cfg["lr"], cfg["lr_energy"]),
                         checkpoint_path=(None if checkpoint_prefix is None
-                                         else f"{checkpoint_prefix}-alpha-{objective}-{alpha:g}-seed{seed}.pt"))
+                                         else f"{checkpoint_prefix}-alpha-{objective}-{alpha:g}-seed{seed}.pt"),
+                        resume=resume)
             scores[float(alpha)] = lifting_metrics(predict(model, val.inputs, device=dev), val.targets)["mpjpe_mm"]
         out[objective] = {"alpha": min(scores, key=scores.get), "val_mpjpe_mm": scores}
     return out
@@ -200,7 +201,7 @@ def _eval_energy(model, inputs, targets):
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir: str | Path | None = None) -> Results:
+        checkpoint_dir: str | Path | None = None, resume: bool = True) -> Results:
     """Train and measure every layout x task-net x variant; see the module docstring.
 
     Returns:
@@ -228,7 +229,8 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         splits = build_lifting_splits(profile, seed=seed, layout=layout)
         if "alpha" not in metrics:  # tuned once, on the first layout and task-net, then used everywhere
             prefix = Path(checkpoint_dir) / f"seal-{profile}-{layout}-{cfg['task_nets'][0]}" if checkpoint_dir else None
-            metrics["alpha_search"] = tune_alpha(layout, cfg["task_nets"][0], splits, cfg, seed, dev, progress, prefix)
+            metrics["alpha_search"] = tune_alpha(layout, cfg["task_nets"][0], splits, cfg, seed, dev, progress, prefix,
+                                                 resume)
             metrics["alpha"] = {o: v["alpha"] for o, v in metrics["alpha_search"].items()}
         probe = fixed_subset(splits["test_in"], cfg["subset"], seed)
         tune = fixed_subset(splits["train"], cfg["subset"], seed)
@@ -238,7 +240,7 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         artifacts["predictions"][layout], artifacts["models"][layout], artifacts["splits"][layout] = {}, {}, splits
         for name in cfg["task_nets"]:
             entry, models, preds = _run_task_net(layout, name, splits, probe, tune, cfg, metrics["alpha"],
-                                                        profile, seed, dev, progress, checkpoint_dir)
+                                                        profile, seed, dev, progress, checkpoint_dir, resume)
             lay[name] = entry
             artifacts["models"][layout][name] = models
             artifacts["predictions"][layout][name] = preds
@@ -247,10 +249,11 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                    seconds=time.perf_counter() - start, metrics=metrics, claims=_claims(metrics), artifacts=artifacts)
 
 
-def _run_task_net(layout, name, splits, probe, tune, cfg, alpha, profile, seed, dev, progress, checkpoint_dir):
+def _run_task_net(layout, name, splits, probe, tune, cfg, alpha, profile, seed, dev, progress, checkpoint_dir,
+                  resume=True):
     skeleton = LAYOUTS[layout]
     common = dict(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], lr_decay=cfg["lr_decay"],
-                  device=dev, seed=seed, progress=progress, eval_sets={"test_in": splits["test_in"]})
+                  device=dev, seed=seed, progress=progress, eval_sets={"test_in": splits["test_in"]}, resume=resume)
 
     def ckpt(variant):
         return (Path(checkpoint_dir) / f"seal-{profile}-{layout}-{name}-{variant}-seed{seed}.pt"
@@ -292,7 +295,7 @@ def _run_task_net(layout, name, splits, probe, tune, cfg, alpha, profile, seed, 
     gbi_energy = build_energy(layout, cfg["energy"][name], seed)
     hist = seal.train_energy(gbi_energy, task, splits["train"], epochs=cfg["gbi_epochs"], batch_size=cfg["batch_size"],
                              lr=cfg["lr_energy"], objective="margin", device=dev, seed=seed, progress=progress,
-                             checkpoint_path=ckpt("gbi_energy"))
+                             checkpoint_path=ckpt("gbi_energy"), resume=resume)
     entry["train_seconds"]["gbi_energy"] = float(sum(hist.column("seconds")))
     models["gbi_energy"] = gbi_energy
     base_pred = {s: predict(task, splits[s].inputs, device=dev) for s in ("test_in", "test_cross")}

@@ -116,7 +116,7 @@ def predicted_histogram(network, images, gt_counts: torch.Tensor, batch_size: in
 
 
 def _run(name: str, method: str, labelled, data: dict, cfg: dict, sigma_cfg: SSLConfig, seed: int, dev,
-         progress: bool, checkpoint_dir, **overrides):
+         progress: bool, checkpoint_dir, resume: bool = True, **overrides):
     config = replace(sigma_cfg, method=method, **overrides)
     nets = []
     for i in range(config.num_networks):
@@ -128,12 +128,12 @@ def _run(name: str, method: str, labelled, data: dict, cfg: dict, sigma_cfg: SSL
     path = Path(checkpoint_dir) / f"ssl_collapse-{name}.pt" if checkpoint_dir else None
     start = time.perf_counter()
     trained, history = train_ssl(nets, ssl_data, config, eval_sets=evals, device=dev, seed=seed,
-                                 checkpoint_path=path, progress=progress)
+                                 checkpoint_path=path, resume=resume, progress=progress)
     return trained, history, time.perf_counter() - start
 
 
 def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bool = True,
-        checkpoint_dir: str | Path | None = None) -> Results:
+        checkpoint_dir: str | Path | None = None, resume: bool = True) -> Results:
     """Render the data, train every run and check the paper's claims; see the module docstring.
 
     Returns:
@@ -180,17 +180,17 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         for method in SSL_METHODS if n == smallest else cfg["larger_methods"]:
             name = f"{method}@{n}"
             trained, history, seconds = _run(name, method, data["labelled"][n], data, cfg, base, seed, dev,
-                                             progress, checkpoint_dir)
+                                             progress, checkpoint_dir, resume)
             record(name, method, n, trained, history, seconds)
     for weight in cfg["weights"]:
         name = f"consistency@{smallest}-w{weight:g}"
         trained, history, seconds = _run(name, "consistency", data["labelled"][smallest], data, cfg, base, seed, dev,
-                                         progress, checkpoint_dir, unsupervised_weight=weight)
+                                         progress, checkpoint_dir, resume, unsupervised_weight=weight)
         record(name, "consistency", smallest, trained, history, seconds, weight=weight)
     for variant in cfg["pairs"]:
         name = f"pair-{variant}@{smallest}"
         trained, history, seconds = _run(name, "easy_hard", data["labelled"][smallest], data, cfg, base, seed, dev,
-                                         progress, checkpoint_dir, hard=HARD_VARIANTS[variant])
+                                         progress, checkpoint_dir, resume, hard=HARD_VARIANTS[variant])
         record(name, "easy_hard", smallest, trained, history, seconds, hard=variant)
     gt_counts = value_histogram(gt_unlabelled)
     probe_images = data["unlabelled"].images[:cfg["probe"]]

@@ -527,6 +527,7 @@ def train_energy(
     progress: bool = True,
     checkpoint_path: str | os.PathLike | None = None,
     eval_sets: Mapping[str, Any] | None = None,
+    resume: bool = True,
 ) -> History:
     """Phase 2 of Algorithm 2: train ``energy`` on the fixed predictions of ``task_net``.
 
@@ -540,7 +541,7 @@ def train_energy(
         task_net: the trained task-net ``(N, J, 2) -> (N, J, 3)``; not modified (it is moved to
             ``device`` for the predictions).
         train_set: dataset with ``.inputs`` (N, J, 2) and ``.targets`` (N, J, 3, metres), or a tuple.
-        epochs, batch_size, lr, device, seed, progress, checkpoint_path: as for ``train_model``.
+        epochs, batch_size, lr, device, seed, progress, checkpoint_path, resume: as for ``train_model``.
         objective: one of :data:`ENERGY_OBJECTIVES`.
         eval_sets: ``{name: dataset}``; after every epoch the record gets ``"name/energy_gap"``,
             the mean ``E(x, y_hat) - E(x, y)`` in eval mode (positive: ground truth lower).
@@ -572,6 +573,7 @@ def train_energy(
         device=dev,
         seed=seed,
         checkpoint_path=checkpoint_path,
+        resume=resume,
         progress=progress,
     )
 

@@ -49,6 +49,7 @@ Choices (our reading of the paper; the chapter discusses them):
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,8 @@ from poselab.checks import check_choice, check_int, check_positive, check_shape,
 from poselab.data.augment import (EASY, HARD, AugmentConfig, augment, heatmap_affine, invert_affine, relative_affine,
                                   transform_points, warp_heatmaps, warp_valid_mask)
 from poselab.data.heatmaps import decode_heatmaps, gaussian_heatmaps, to_heatmap_pixels, to_image_pixels
-from poselab.train import History
+from poselab.tensorfile import load_tensor_file, save_tensor_file, tensor_sha256
+from poselab.train import START_OVER, History, check_checkpoint_path, config_differences, module_fingerprint
 
 __all__ = [
     "SSL_METHODS",
@@ -409,15 +411,80 @@ def evaluate_heatmaps(network: nn.Module, images: torch.Tensor, keypoints: torch
 # -------------------------------------------------------------------------------------- training
 
 
-def _fingerprint(config: SSLConfig, data: SSLData, networks: Sequence[nn.Module], seed: int) -> dict:
-    shapes = [[list(p.shape) for p in net.parameters()] for net in networks]
-    return {"config": repr(asdict(config)), "labelled": list(data.labelled.shape), "unlabelled": list(data.unlabelled.shape),
-            "checksum": float(data.keypoints.double().sum()), "shapes": shapes, "seed": seed}
+CHECKPOINT_FORMAT = "poselab.ssl_collapse/2"
+"""Format of :func:`train_ssl` checkpoints: one safetensors file (:mod:`poselab.tensorfile`) with the
+networks' weights (``networks/{i}/{name}``), Adam's per-parameter state (``optimizer/{index}/{name}``)
+and the sampling generator's state (``generator``); the fingerprint, history and step count are its
+JSON metadata. Nothing in it is unpickled."""
+
+
+def _fingerprint(config: SSLConfig, data: SSLData, networks: Sequence[nn.Module], seed: int,
+                 eval_sets: Mapping[str, tuple]) -> dict:
+    """Everything a checkpoint must share with this call to be continued by it: every field of
+    ``config``, every network's configuration (:func:`poselab.train.module_fingerprint`), the
+    SHA-256 of every byte of the data and of each evaluation set, and the seed (not the device)."""
+    def hashes(items: Sequence[torch.Tensor], names: Sequence[str]) -> dict:
+        return {name: tensor_sha256(t) for name, t in zip(names, items)}
+
+    fingerprint = {
+        "config": asdict(config),
+        "data": hashes([data.labelled, data.keypoints, data.visible, data.unlabelled],
+                       ["labelled", "keypoints", "visible", "unlabelled"]),
+        "eval_sets": {name: hashes(items, ["images", "keypoints", "visible"]) for name, items in sorted(eval_sets.items())},
+        "networks": [module_fingerprint(net) for net in networks],
+        "seed": seed,
+    }
+    return json.loads(json.dumps(fingerprint))  # as it reads back from the file: tuples become lists
+
+
+def _save_checkpoint(path: Path, fingerprint: dict, nets: Sequence[nn.Module], optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator, history: History, iteration: int) -> None:
+    tensors = {f"networks/{i}/{name}": t for i, net in enumerate(nets) for name, t in net.state_dict().items()}
+    tensors["generator"] = generator.get_state()
+    plain_state: dict[str, dict] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{name}"] = value
+            else:
+                plain_state.setdefault(str(index), {})[name] = value
+    meta = {"fingerprint": fingerprint, "history": history.to_dict(), "iteration": iteration,
+            "optimizer_plain_state": plain_state}
+    save_tensor_file(path, tensors, meta, format=CHECKPOINT_FORMAT)
+
+
+def _restore_checkpoint(path: Path, fingerprint: dict, nets: Sequence[nn.Module], optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator) -> tuple[History, int]:
+    recover = f"delete it, or {START_OVER}"
+    tensors, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT, what="checkpoint", recover=recover)
+    diffs = config_differences(meta.get("fingerprint"), fingerprint)
+    if diffs:
+        shown = diffs[:8] + ([f"and {len(diffs) - 8} more"] if len(diffs) > 8 else [])
+        raise ValueError(f"checkpoint {str(path)!r} was written by a different run (" + "; ".join(shown)
+                         + f"). To continue, {START_OVER}.")
+    try:
+        for i, net in enumerate(nets):
+            prefix = f"networks/{i}/"
+            net.load_state_dict({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
+        state: dict[int, dict] = {}
+        for key, t in tensors.items():
+            if key.startswith("optimizer/"):
+                _, index, name = key.split("/", 2)
+                state.setdefault(int(index), {})[name] = t
+        for index, values in meta["optimizer_plain_state"].items():
+            state.setdefault(int(index), {}).update(values)
+        # The parameter groups are configuration (checked by the fingerprint): this optimiser's own.
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        generator.set_state(tensors["generator"])
+        return History.from_dict(meta["history"]), int(meta["iteration"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} could not be restored ({exc}); {recover}") from exc
 
 
 def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *,
               eval_sets: Mapping[str, tuple] | None = None, device: str | torch.device = "auto", seed: int = 0,
-              checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> tuple[list[nn.Module], History]:
+              checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
+              resume: bool = True) -> tuple[list[nn.Module], History]:
     """Train copies of ``networks`` with ``config.method`` and return them with their History.
 
     Args:
@@ -431,9 +498,14 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
             network; records get ``"{name}/{metric}"`` (first network) and ``"net2/{name}/{metric}"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         seed: seeds the step's batch sampling and augmentations (one CPU generator).
-        checkpoint_path: if given, the run is saved there at every record and a rerun with the
-            same configuration resumes from it (or returns at once if it had finished).
+        checkpoint_path: if given, the run is saved there at every record (atomically, as a
+            safetensors file: :data:`CHECKPOINT_FORMAT`) and a rerun with the same configuration
+            resumes from it (or returns at once if it had finished). It must be the same run:
+            every ``config`` field, the networks' configurations, the SHA-256 of the data and of
+            every eval set, and the seed, else ``ValueError``. A damaged or foreign file is a
+            ``ValueError`` naming it; nothing in it is executed.
         progress: a ``tqdm`` bar over steps.
+        resume: with ``False`` an existing checkpoint is ignored and overwritten (a fresh run).
 
     Returns:
         ``(networks, history)``: trained copies in eval mode, and one record per ``log_every``
@@ -452,6 +524,11 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
     for name, items in eval_sets.items():
         if not isinstance(items, tuple) or len(items) not in (1, 3):
             raise ValueError(f"eval_sets[{name!r}]: expected (images,) or (images, keypoints, visible)")
+        if not all(isinstance(t, torch.Tensor) for t in items):
+            raise TypeError(f"eval_sets[{name!r}]: expected tensors, got {[type(t).__name__ for t in items]}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
+    path = None if checkpoint_path is None else check_checkpoint_path("checkpoint_path", checkpoint_path)
     dev = resolve_device(device)
     nets = [copy.deepcopy(n).to(dev).train() for n in networks]
     params = [p for n in nets for p in n.parameters()]
@@ -459,19 +536,9 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
     generator = torch.Generator().manual_seed(seed)
     history = History()
     start = 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-    fingerprint = _fingerprint(config, data, nets, seed)
-    if path is not None and path.exists():
-        saved = torch.load(path, map_location=dev, weights_only=False)
-        if saved.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {path}: it was written by a different run (configuration, data, networks "
-                             f"or seed); delete it or pass another checkpoint_path")
-        for net, state in zip(nets, saved["networks"]):
-            net.load_state_dict(state)
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        history = History.from_dict(saved["history"])
-        start = int(saved["iteration"])
+    fingerprint = None if path is None else _fingerprint(config, data, nets, seed, eval_sets)
+    if path is not None and resume and path.exists():
+        history, start = _restore_checkpoint(path, fingerprint, nets, optimizer, generator)
 
     def evaluate_all(record: dict) -> None:
         for name, items in eval_sets.items():
@@ -481,14 +548,8 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
                     record[prefix + key] = value
 
     def save(iteration: int) -> None:
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"fingerprint": fingerprint, "networks": [n.state_dict() for n in nets],
-                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                    "history": history.to_dict(), "iteration": iteration}, tmp)
-        os.replace(tmp, path)
+        if path is not None:
+            _save_checkpoint(path, fingerprint, nets, optimizer, generator, history, iteration)
 
     if start == 0 and not history.records:
         record = {"iteration": 0, "lr": config.lr_at(0)}
