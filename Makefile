@@ -12,7 +12,7 @@ export MKL_NUM_THREADS := $(THREADS)
 export PLOTLY_RENDERER := plotly_mimetype+notebook
 PYTEST_ARGS ?=
 
-.PHONY: book test setup clean
+.PHONY: book test test-kernels setup clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The kernel-independent nbval cells and the trained-number regression tests under every
+# ATEN_CPU_CAPABILITY x thread count this CPU has, each with its own render cache.
+test-kernels: $(STAMP)
+	set -e; for setting in $$($(BIN)/python -m poselab regression --list-settings); do \
+	  cap=$${setting%:*}; threads=$${setting#*:}; echo "== ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads"; \
+	  ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads MKL_NUM_THREADS=$$threads \
+	  POSELAB_CACHE_DIR=$(CURDIR)/_build/cache-$$cap-$$threads \
+	  $(BIN)/python -m pytest tests/nbval tests/test_regression.py $(PYTEST_ARGS); \
+	done
 
 book: $(STAMP)
 	$(BIN)/python -m poselab book --profile book

@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--refresh", action="store_true",
                      help="measure every experiment under each ATEN_CPU_CAPABILITY x thread setting this CPU has "
                           "and rewrite the references (tests/regression/)")
+    reg.add_argument("--list-settings", action="store_true",
+                     help="print the settings this CPU can run, as CAPABILITY:THREADS (for make test-kernels)")
     reg.add_argument("--jobs", type=int, default=1, help="with --refresh: runs at once (default 1)")
     reg.add_argument("--dir", default=None, help="folder of the references (default: tests/regression/ of the checkout)")
 
@@ -197,6 +199,9 @@ def _regression(args: argparse.Namespace) -> int:
         check_choice("experiment", name, tuple(sorted(EXPERIMENTS)))
     if args.jobs < 1:
         raise ValueError(f"--jobs: expected an int >= 1, got {args.jobs}")
+    if args.list_settings:
+        print(" ".join(f"{cap}:{threads}" for cap, threads in regression.available_settings()))
+        return 0
     if args.refresh:
         settings = regression.available_settings()
         print(f"measuring {', '.join(names)} under {', '.join(map(regression.setting_name, settings))}", flush=True)
