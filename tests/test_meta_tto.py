@@ -534,8 +534,8 @@ def test_bad_targets(data, body, targets):
         mesh_targets(data.images, body)
     with pytest.raises(TypeError, match="noise"):
         mesh_targets(data, body, noise=0.1)
-    with pytest.raises(ValueError, match="device: 'meta' differs from the body model's cpu"):
-        mesh_targets(data, body, device="meta")
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.*got 'meta'"):
+        mesh_targets(data, body, device="meta")  # refused by resolve_device before any work
     assert len(mesh_targets(data.subset(slice(0, 2)), body, device="cpu")) == 2
     with pytest.raises(ValueError, match="MeshTargets.phenotypes"):
         MeshTargets(**{**{k: getattr(targets, k) for k in MeshTargets._TENSORS}, "phenotypes": targets.phenotypes[:3]},
