@@ -1,0 +1,156 @@
+"""Training checkpoints as safetensors files: any nested state, written atomically, never unpickled.
+
+A checkpoint is a nested state made of dicts, lists, tuples, tensors, NumPy arrays and plain
+values (module and optimiser ``state_dict``s, RNG states, a history). :func:`pack` splits it into
+a table of tensors and a JSON skeleton that points into the table, so that the whole state is
+one :mod:`poselab.tensorfile` file: tensors bit-exact, floats exact (JSON keeps every digit of a
+Python float), dict keys of any plain type and tuples restored as they were.
+
+:func:`save_state` / :func:`load_state` write and read such a file with a ``format`` string and
+a **fingerprint** (everything a run must share with the one that wrote the checkpoint to
+continue it); :func:`check_fingerprint` names every setting that differs and how to start over.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from poselab.tensorfile import load_tensor_file, save_tensor_file
+
+__all__ = ["START_OVER", "pack", "unpack", "save_state", "load_state", "check_fingerprint", "rng_state",
+           "set_rng_state", "config_differences"]
+
+START_OVER = ("start over with resume=False (on the command line: --fresh), "
+              "or use another checkpoint folder")
+"""How a user recovers from a checkpoint that cannot be continued (named in every such error)."""
+
+_TENSOR, _ARRAY, _TUPLE, _MAP = "__tensor__", "__ndarray__", "__tuple__", "__map__"
+
+
+def pack(state: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """``(tensors, skeleton)``: every tensor of ``state`` under a name, and a JSON-serialisable copy
+    of ``state`` that refers to them. Dicts with keys other than str, tuples and NumPy arrays are
+    encoded so that :func:`unpack` restores them exactly. Raises ``TypeError`` for anything else."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach()
+            return {_TENSOR: path}
+        if isinstance(value, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64)
+                                             if value.dtype == np.uint32 else np.ascontiguousarray(value))
+            return {_ARRAY: path, "dtype": str(value.dtype)}
+        if isinstance(value, (bool, int, float, str, type(None))):
+            return value
+        if isinstance(value, (np.integer, np.floating, np.bool_)):
+            return value.item()
+        if isinstance(value, tuple):
+            return {_TUPLE: [walk(v, f"{path}/{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            if all(isinstance(k, str) and not k.startswith("__") for k in value):
+                return {k: walk(v, f"{path}/{k}") for k, v in value.items()}
+            return {_MAP: [[walk(k, f"{path}/key{i}"), walk(v, f"{path}/{i}")] for i, (k, v) in enumerate(value.items())]}
+        raise TypeError(f"checkpoint state: cannot store {type(value).__name__} at {path or '/'}; "
+                        f"expected tensors, arrays, dicts, lists, tuples and plain values")
+
+    return tensors, walk(state, "")
+
+
+def unpack(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> Any:
+    """Inverse of :func:`pack`."""
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _ARRAY in value:
+            return tensors[value[_ARRAY]].numpy().astype(np.dtype(value["dtype"]))
+        if _TUPLE in value:
+            return tuple(walk(v) for v in value[_TUPLE])
+        if _MAP in value:
+            return {walk(k): walk(v) for k, v in value[_MAP]}
+        return {k: walk(v) for k, v in value.items()}
+
+    return walk(skeleton)
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``"key: old in the checkpoint vs new now"`` for every leaf where two fingerprints differ
+    (nested dicts, and lists of dicts or lists, are compared item by item, so a message names
+    the one setting that changed)."""
+    def short(value: Any) -> str:
+        if isinstance(value, str) and len(value) > 24:
+            return repr(value[:16] + "...")  # e.g. a SHA-256
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            name = f"{prefix}/{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                out.append(f"{name}: {short(saved.get(key, '<absent>'))} in the checkpoint vs "
+                           f"{short(current.get(key, '<absent>'))} now")
+            else:
+                out.extend(config_differences(saved[key], current[key], name))
+        return out
+    if (isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current)
+            and any(isinstance(v, (Mapping, list)) for v in saved + current)):  # e.g. one fingerprint per network
+        return [d for i, (a, b) in enumerate(zip(saved, current))
+                for d in config_differences(a, b, f"{prefix}/{i}" if prefix else str(i))]
+    if saved != current:
+        return [f"{prefix or 'value'}: {short(saved)} in the checkpoint vs {short(current)} now"]
+    return []
+
+
+def check_fingerprint(path: Path, saved: Any, current: Any) -> None:
+    """``ValueError`` naming up to 8 differing settings when a checkpoint's fingerprint is not this run's."""
+    diffs = config_differences(saved, current)
+    diffs.sort(key=lambda d: "/model/" in d or d.startswith("model"))  # summary keys first, module details after
+    if diffs:
+        shown = diffs[:8] + ([f"and {len(diffs) - 8} more"] if len(diffs) > 8 else [])
+        raise ValueError(f"checkpoint {str(path)!r} was written by an incompatible training configuration ("
+                         + "; ".join(shown) + f"). To continue, {START_OVER}.")
+
+
+def save_state(path: str | os.PathLike, state: Mapping[str, Any], fingerprint: Any, *, format: str) -> None:
+    """Write ``state`` (see :func:`pack`) and its run's ``fingerprint`` to ``path`` atomically."""
+    tensors, skeleton = pack(dict(state))
+    save_tensor_file(path, tensors, {"fingerprint": fingerprint, "state": skeleton}, format=format)
+
+
+def load_state(path: str | os.PathLike, fingerprint: Any, *, format: str) -> dict[str, Any]:
+    """The state saved at ``path`` by :func:`save_state`, after checking it was written by a run with
+    this ``fingerprint`` (``ValueError`` otherwise, naming the settings and how to start over).
+    Nothing in the file is executed."""
+    tensors, meta = load_tensor_file(path, format=format, what="checkpoint", recover=f"delete it, or {START_OVER}")
+    check_fingerprint(Path(path), meta.get("fingerprint"), fingerprint)
+    return unpack(tensors, meta["state"])
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global random states a training step may draw from: torch (CPU and the CUDA device), NumPy, Python."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
