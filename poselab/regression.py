@@ -49,12 +49,24 @@ SETTINGS = tuple((cap, threads) for cap in ("default", "avx2", "avx512") for thr
 """``(ATEN_CPU_CAPABILITY, OMP_NUM_THREADS)`` pairs the spread is measured over (avx512 where the CPU has it)."""
 
 
+def timed_claims(experiment: str) -> frozenset[str]:
+    """Ids of the claims of ``experiment`` decided by timings (its module's ``TIMED_CLAIMS``)."""
+    import importlib
+
+    from poselab.experiments import EXPERIMENTS
+
+    if experiment not in EXPERIMENTS:
+        return frozenset()
+    return getattr(importlib.import_module(EXPERIMENTS[experiment]), "TIMED_CLAIMS", frozenset())
+
+
 def flatten(results: Mapping[str, Any]) -> dict[str, Any]:
     """The quantities of a ``Results.to_dict()`` document, as ``{path: scalar}``.
 
     Metrics leaves are numbers, flags, texts or None (a non-finite float); lists are indexed
     (``history/3/loss``). Each claim contributes ``claims/<id>/holds``. Timings (keys matching
-    :data:`TIMING`) are left out: they measure the machine, not the numerics.
+    :data:`TIMING`) are left out: they measure the machine, not the numerics; so are the verdicts
+    of claims decided by timings (:func:`timed_claims`).
     """
     if not isinstance(results, Mapping) or "metrics" not in results or "claims" not in results:
         got = sorted(results) if isinstance(results, Mapping) else type(results).__name__
@@ -73,8 +85,10 @@ def flatten(results: Mapping[str, Any]) -> dict[str, Any]:
             out[prefix] = value
 
     walk("metrics", results["metrics"])
+    timed = timed_claims(results.get("experiment", ""))
     for claim in results["claims"]:
-        out[f"claims/{claim['id']}/holds"] = claim["holds"]
+        if claim["id"] not in timed:
+            out[f"claims/{claim['id']}/holds"] = claim["holds"]
     return out
 
 

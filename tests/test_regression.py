@@ -102,3 +102,10 @@ def test_references_are_current(name):
     assert (ref["profile"], ref["seed"], ref["command"]) == ("fast", 0, regression.REFRESH_COMMAND)
     assert len(ref["settings"]) >= 2 and ref["quantities"]
     assert all(e["tolerance"] >= ref["margin"] * e["spread"] for e in ref["quantities"].values() if "tolerance" in e)
+
+
+def test_verdicts_decided_by_timings_are_not_compared():
+    doc = {"experiment": "flat_ensembles", "metrics": {"x": 1.0},
+           "claims": [{"id": "ensemble_costs_about_one_network", "holds": True}, {"id": "other", "holds": False}]}
+    assert regression.flatten(doc) == {"metrics/x": 1.0, "claims/other/holds": False}
+    assert regression.timed_claims("flat_ensembles") == {"ensemble_costs_about_one_network"}

@@ -58,6 +58,10 @@ DIFFICULT_JOINTS = ("LWrist", "RWrist", "LFoot", "RFoot")
 """The joints the paper singles out as difficult (Fig. 3): wrists and ankles (``LFoot``/``RFoot`` are the
 ankles in the Human3.6M 17-joint layout)."""
 
+TIMED_CLAIMS = frozenset({"ensemble_costs_about_one_network"})
+"""Claims decided by wall-clock timings: their verdict can change from one run to the next on the same
+machine, so the regression and determinism tests do not compare it (:func:`poselab.regression.flatten`)."""
+
 COST_THRESHOLD = 1.5
 """The cost claim holds when a training step of the largest ensemble takes at most 1.5 x one network's."""
 
