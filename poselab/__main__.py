@@ -136,16 +136,11 @@ def _command(argv: list[str], *, drop: tuple[str, ...] = (), add: tuple[str, ...
 
 def _interrupted_message(args: argparse.Namespace, argv: list[str]) -> str:
     """What Ctrl-C during ``reproduce`` leaves on disk and how to continue."""
-    from poselab.experiments import NOT_CHECKPOINTED
-
-    if args.experiment in NOT_CHECKPOINTED:
-        return (f"poselab: interrupted; {args.experiment} does not checkpoint (its runs are short), nothing was "
-                f"saved. Run the command again to start over: {_command(argv, drop=('--fresh',))}")
     if args.checkpoint_dir is None:
         return ("poselab: interrupted; nothing was saved (no --checkpoint-dir was given). To make a run resumable, "
-                "give it a checkpoint folder: it saves every epoch there and the same command run again continues "
-                f"from the last one: {_command(argv, drop=('--fresh',), add=('--checkpoint-dir', 'checkpoints'))}")
-    return (f"poselab: interrupted; the epochs completed so far are checkpointed in {args.checkpoint_dir!r}. "
+                "give it a checkpoint folder: training saves there at every record (an epoch, or a logged step) and the "
+                f"same command run again continues from the last one: {_command(argv, drop=('--fresh',), add=('--checkpoint-dir', 'checkpoints'))}")
+    return (f"poselab: interrupted; the training up to its last record is checkpointed in {args.checkpoint_dir!r}. "
             f"To resume, run the same command again with the same --checkpoint-dir (and without --fresh): "
             f"{_command(argv, drop=('--fresh',))}")
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from poselab.tensorfile import load_tensor_file, save_tensor_file
+from poselab.tensorfile import load_tensor_file, save_tensor_file, tensor_sha256
 
-__all__ = ["START_OVER", "pack", "unpack", "save_state", "load_state", "check_fingerprint", "rng_state",
-           "set_rng_state", "config_differences"]
+__all__ = ["START_OVER", "pack", "unpack", "save_state", "load_state", "read_state", "check_fingerprint",
+           "rng_state", "set_rng_state", "config_differences", "module_fingerprint", "describe_callable",
+           "data_sha256", "check_checkpoint_path"]
 
 START_OVER = ("start over with resume=False (on the command line: --fresh), "
               "or use another checkpoint folder")
@@ -140,6 +143,13 @@ def load_state(path: str | os.PathLike, fingerprint: Any, *, format: str) -> dic
     return unpack(tensors, meta["state"])
 
 
+def read_state(path: str | os.PathLike, *, format: str) -> tuple[dict[str, Any], Any]:
+    """``(state, fingerprint)`` of a file written by :func:`save_state`, without checking the
+    fingerprint (to inspect a checkpoint)."""
+    tensors, meta = load_tensor_file(path, format=format, what="checkpoint", recover=f"delete it, or {START_OVER}")
+    return unpack(tensors, meta["state"]), meta.get("fingerprint")
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The global random states a training step may draw from: torch (CPU and the CUDA device), NumPy, Python."""
     return {"torch": torch.get_rng_state(),
@@ -154,3 +164,126 @@ def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+# ------------------------------------------------------------------------------ fingerprints
+
+
+def _callable_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", type(fn).__qualname__)
+
+
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+_SKIP = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON-like data (tuples become lists, non-finite floats strings), or
+    ``_SKIP`` when it is not made of plain values."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # NaN != NaN would make a fingerprint differ from itself
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    if isinstance(value, (tuple, list)):
+        items = [_plain(v) for v in value]
+        return _SKIP if any(v is _SKIP for v in items) else items
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _SKIP if any(v is _SKIP for v in items.values()) else items
+    return _SKIP
+
+
+def describe_callable(fn: Callable) -> dict:
+    """What a checkpoint fingerprint records of a loss / eval / step function: its module and
+    qualified name, and the plain values that configure it (``functools.partial`` arguments,
+    default arguments, closure variables, plain attributes of a callable object)."""
+    import functools
+
+    out: dict[str, Any] = {"name": f"{getattr(fn, '__module__', None) or type(fn).__module__}.{_callable_name(fn)}"}
+    if isinstance(fn, functools.partial):
+        out["partial_of"] = describe_callable(fn.func)
+        out["args"] = [v if v is not _SKIP else "<object>" for v in map(_plain, fn.args)]
+        out["keywords"] = {k: v if v is not _SKIP else "<object>" for k, v in
+                           ((k, _plain(v)) for k, v in sorted(fn.keywords.items()))}
+        return out
+    settings = {}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        defaults = getattr(fn, "__defaults__", None) or ()
+        positional = code.co_varnames[:code.co_argcount]
+        settings.update(zip(positional[len(positional) - len(defaults):], defaults))
+        settings.update(getattr(fn, "__kwdefaults__", None) or {})
+        for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or ()):
+            try:
+                settings[name] = cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+    elif not isinstance(fn, nn.Module) and hasattr(fn, "__dict__"):
+        settings.update({k: v for k, v in vars(fn).items() if not k.startswith("_")})
+    plain = {k: _plain(v) for k, v in sorted(settings.items())}
+    plain = {k: v for k, v in plain.items() if v is not _SKIP}
+    if plain:
+        out["settings"] = plain
+    return out
+
+
+def module_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The configuration of ``model`` as ``{setting: value}``: for every submodule, its class and
+    every plain attribute (``Dropout.p``, ``BatchNorm.eps`` and ``momentum``, layer sizes, a
+    model's own options such as ``num_joints`` or ``alpha``), the names of functions it stores (an
+    activation), the dtype, shape and trainability of every parameter, and the SHA-256 of
+    the constant buffers that its ``state_dict`` does not hold (e.g. a graph's adjacency).
+
+    Two models built with the same arguments have equal fingerprints; one option changed, even one
+    that leaves every parameter shape alone (a dropout rate), makes them differ. Weights and
+    running statistics are not part of it (a checkpoint restores those).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"module_fingerprint: expected a torch.nn.Module, got {type(model).__name__}")
+    out: dict[str, Any] = {}
+    for path, module in model.named_modules():
+        prefix = path or "<model>"
+        out[f"{prefix}:class"] = f"{type(module).__module__}.{type(module).__qualname__}"
+        for key, value in sorted(vars(module).items()):
+            if key.startswith("_") or key == "training":
+                continue
+            plain = _plain(value)
+            if plain is not _SKIP:
+                out[f"{prefix}.{key}"] = plain
+            elif callable(value) and not isinstance(value, (nn.Module, torch.Tensor)):
+                out[f"{prefix}.{key}"] = describe_callable(value)["name"]
+    for name, p in model.named_parameters():
+        out[f"{name}:parameter"] = [list(p.shape), str(p.dtype), bool(p.requires_grad)]
+    stored = set(model.state_dict())
+    for name, buf in model.named_buffers():
+        if name not in stored:
+            out[f"{name}:constant"] = tensor_sha256(buf)
+    return out
+
+
+def data_sha256(**tensors: torch.Tensor) -> dict[str, str]:
+    """``{name: SHA-256}`` of every byte of each tensor (:func:`~poselab.tensorfile.tensor_sha256`)."""
+    return {name: tensor_sha256(t) for name, t in tensors.items()}
+
+
+def check_checkpoint_path(arg: str, path: Any) -> Path:
+    """``path`` as a ``Path`` where a checkpoint file can be written, else a clear error.
+
+    Refused up front: a path that is an existing folder, and a path below an existing *file*
+    (e.g. a checkpoint folder that is a regular file). Nothing is created.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{arg}: expected a str or path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{arg}: {str(path)!r} is a folder; expected the path of a checkpoint file inside it "
+                         f"(e.g. {str(path / 'run.pt')!r})")
+    for parent in path.parents:  # nearest first; the first that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{arg}: {str(path)!r} cannot be written because {str(parent)!r} is a file, not a folder; "
+                    f"give a checkpoint folder that is a directory or does not exist yet "
+                    f"(on the command line: --checkpoint-dir)")
+            break
+    return path

@@ -11,7 +11,8 @@ runs the steps and owns everything around them:
 - **schedule**: the scheduler steps after every ``scheduler_every`` optimisation steps;
 - **records**: after each of ``record_at`` (1-based step counts) the History gets ``iteration``,
   ``lr`` (that of the window's last step), the task's summary of its steps' values (means by
-  default), its evaluation, ``diverged`` (with ``on_divergence="record"``) and ``seconds``;
+  default), its evaluation, ``diverged`` (with ``on_divergence="record"``) and, when ``timed``,
+  ``seconds``;
   with ``record_start`` a first record at step 0 holds the evaluation of the starting point;
 - **divergence**: a non-finite step value, or :meth:`Task.finite` false, either raises
   ``FloatingPointError`` (``"raise"``; the last checkpoint stays on disk) or ends the run with the
@@ -30,6 +31,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +39,119 @@ import numpy as np
 import torch
 from torch import nn
 
-from poselab.checkpoint import load_state, rng_state, save_state, set_rng_state
+from poselab.checkpoint import check_checkpoint_path, load_state, module_fingerprint, rng_state, save_state, set_rng_state
 from poselab.checks import check_choice, check_int, check_seed, seed_everything
-from poselab.train import History, check_checkpoint_path, module_fingerprint
 
-__all__ = ["Streams", "stream_seed", "Task", "fit", "CHECKPOINT_FORMAT"]
+__all__ = ["History", "log_points", "append_window_record", "Streams", "stream_seed", "Task", "fit",
+           "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "poselab.engine/1"
 
 DIVERGENCE = ("raise", "record")
 SYNC = ("step", "record")
+
+
+@dataclass
+class History:
+    """Per-epoch training records.
+
+    ``records[i]`` describes epoch ``i + 1`` with keys ``epoch`` (1-based int),
+    ``train_loss`` (mean loss over the epoch's samples), ``lr`` (the learning rate used
+    in that epoch), ``seconds`` (wall time of training + evaluation) and one
+    ``"{set}/{metric}"`` float per evaluation set and metric, e.g. ``"test_in/mpjpe_mm"``.
+    """
+
+    records: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def last(self) -> dict:
+        """The record of the last completed epoch (``ValueError`` if there is none)."""
+        if not self.records:
+            raise ValueError("History.last: the history is empty (no epoch has completed)")
+        return self.records[-1]
+
+    def column(self, key: str) -> list:
+        """Values of ``key`` over epochs, e.g. ``history.column("train_loss")``.
+
+        Raises ``KeyError`` listing the available keys if some record lacks ``key``.
+        """
+        missing = [r.get("epoch", i + 1) for i, r in enumerate(self.records) if key not in r]
+        if missing:
+            keys = sorted({k for r in self.records for k in r})
+            raise KeyError(f"History.column: key {key!r} missing in epoch(s) {missing}; available keys: {keys}")
+        return [r[key] for r in self.records]
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable copy: ``{"records": [dict, ...]}``."""
+        return {"records": [dict(r) for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> History:
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("records"), list):
+            raise ValueError(f"History.from_dict: expected a mapping with a 'records' list, got {type(data).__name__}")
+        for i, r in enumerate(data["records"]):
+            if not isinstance(r, Mapping):
+                raise ValueError(f"History.from_dict: record {i} should be a dict, got {type(r).__name__}")
+        return cls(records=[dict(r) for r in data["records"]])
+
+
+# ------------------------------------------------------------------- step-based records
+
+
+def log_points(iterations: int, log_every: int) -> list[int]:
+    """Steps (1-based counts) after which a step-based loop appends a record: every ``log_every``
+    steps and after the last one, e.g. ``log_points(7, 3) == [3, 6, 7]``."""
+    check_int("iterations", iterations)
+    check_int("log_every", log_every)
+    return sorted({*range(log_every, iterations + 1, log_every), iterations})
+
+
+def append_window_record(history: History, window: Sequence[Mapping[str, float]], point: int, lr: float,
+                         points: Sequence[int], evaluate: Callable[[dict], None], eval_keys: Sequence[str],
+                         diverged: bool, extra: Mapping[str, float] | None = None) -> dict:
+    """Close a window of steps of a step-based loop (HamiPose, mesh meta-training): append its record.
+
+    The record is ``{"iteration": point, "lr": lr}``, the mean over the window of each of its steps'
+    values (NaN propagates), ``extra`` (values the caller computed for the window), then either the
+    evaluations (``evaluate(record)`` adds them) or, when the run ``diverged``, ``eval_keys`` set to
+    NaN (a non-finite network has no meaningful prediction), and ``diverged`` (1.0 or 0.0). After a
+    divergence, one record per remaining log point in ``points`` follows, every value NaN but
+    ``iteration`` and ``diverged``: a diverged run keeps the record layout of one that did not.
+
+    Args:
+        history: the run's :class:`History` (records are appended).
+        window: the steps' values since the previous record (at least one step).
+        point: the log point of this record (``iteration``).
+        lr: the learning rate of the window's last step.
+        points: every log point of the run (:func:`log_points`).
+        evaluate: adds evaluations to a record in place.
+        eval_keys: the keys ``evaluate`` adds (set to NaN on divergence).
+        diverged: the run diverged in this window.
+        extra: more per-window values, placed after the means.
+
+    Returns:
+        The record of the window.
+    """
+    if not window:
+        raise ValueError("window: expected the values of at least one step, got none")
+    record: dict = {"iteration": point, "lr": lr}
+    for key in window[0]:
+        record[key] = float(sum(w[key] for w in window) / len(window))
+    record.update(extra or {})
+    if diverged:
+        record.update(dict.fromkeys(eval_keys, math.nan))
+    else:
+        evaluate(record)
+    record["diverged"] = float(diverged)
+    history.records.append(record)
+    if diverged:
+        for later in (p for p in points if p > point):
+            history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
+    return record
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -137,7 +242,7 @@ class Task:
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must share with this task to be continued by it: by default every
-        module's configuration (:func:`~poselab.train.module_fingerprint`). Subclasses add their
+        module's configuration (:func:`~poselab.checkpoint.module_fingerprint`). Subclasses add their
         hyper-parameters and the SHA-256 of their data."""
         return {name: module_fingerprint(m) for name, m in self.modules.items()}
 
@@ -158,11 +263,12 @@ def _as_floats(window: list[Mapping[str, Any]]) -> list[dict[str, float]]:
 
 def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, record_at: Sequence[int] | None = None,
         record_start: bool = False, scheduler_every: int = 1, on_divergence: str = "raise", sync: str = "step",
+        watch: Sequence[str] | None = None, timed: bool = False,
         seed_global: bool = True, checkpoint: str | Path | None = None, resume: bool = True,
         fingerprint: Mapping[str, Any] | None = None, device: torch.device | None = None, progress: bool = True,
         desc: str = "training", unit: str = "step", postfix: Sequence[str] = ("loss",),
         callbacks: Sequence[Callable[[dict, History], None]] = ()) -> History:
-    """Run ``task`` for ``steps`` optimisation steps and return the :class:`~poselab.train.History`.
+    """Run ``task`` for ``steps`` optimisation steps and return the :class:`History`.
 
     Args:
         task: the method's :class:`Task` (modules already on ``device``).
@@ -175,6 +281,9 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
         on_divergence: ``"raise"`` or ``"record"`` (see the module docstring).
         sync: ``"step"`` reads every step's values at once (divergence is caught at the step that
             diverged); ``"record"`` reads them once per record (one device sync per window).
+        watch: the step values whose non-finite value means divergence (default: all of them;
+            a method whose values may be NaN in a sound run names its loss).
+        timed: records also get ``seconds``, the wall time of their window (steps and evaluation).
         seed_global: seed Python, NumPy and torch's global generators with ``seed`` first.
         checkpoint: a file written after every record and continued by a rerun (``resume``).
         fingerprint: the run's settings besides the task's own (:meth:`Task.fingerprint`), e.g.
@@ -238,7 +347,7 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
             if sync == "step":
                 sound = task.finite()
                 floats = _as_floats([{**values, "__finite__": sound}])[0]
-                diverged = floats.pop("__finite__") != 1.0 or not all(math.isfinite(v) for v in floats.values())
+                diverged = floats.pop("__finite__") != 1.0 or not _all_finite([floats], watch)
                 values = floats
             window.append(values)
             if bar is not None:
@@ -247,11 +356,10 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
                 continue
             window = _as_floats(window) if sync == "record" else window
             if sync == "record":
-                diverged = (not all(math.isfinite(v) for w in window for v in w.values())
-                            or not bool(task.finite()))
+                diverged = not _all_finite(window, watch) or not bool(task.finite())
             if diverged and on_divergence == "raise":
-                bad = next(f"{k} = {v}" for w in window for k, v in w.items() if not math.isfinite(v)) \
-                    if any(not math.isfinite(v) for w in window for v in w.values()) else "a parameter is not finite"
+                bad = next((f"{k} = {v}" for w in window for k, v in w.items()
+                            if (watch is None or k in watch) and not math.isfinite(v)), "a parameter is not finite")
                 raise FloatingPointError(f"training diverged by step {done} ({bad}); the last checkpoint, if any, "
                                          f"is kept; try a lower lr or a gradient-norm limit")
             point = next(p for p in points if p >= done)
@@ -264,7 +372,8 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
                 record.update(evaluation)
             if on_divergence == "record":
                 record["diverged"] = float(diverged)
-            record["seconds"] = time.perf_counter() - window_start
+            if timed:
+                record["seconds"] = time.perf_counter() - window_start
             history.records.append(record)
             if diverged:
                 for later in points[points.index(point) + 1:]:
@@ -283,6 +392,10 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
         if bar is not None:
             bar.close()
     return history
+
+
+def _all_finite(window: list[Mapping[str, float]], watch: Sequence[str] | None) -> bool:
+    return all(math.isfinite(v) for w in window for k, v in w.items() if watch is None or k in watch)
 
 
 def _jsonable(value: Any) -> Any:

@@ -97,6 +97,7 @@ __all__ = [
     "warmup_cosine",
     "update_fluctuation",
     "fluctuation_tensor",
+    "ExplicitLR",
 ]
 
 OPTIMIZERS = ("adam", "sgd", "hamiltonian")
@@ -301,3 +302,24 @@ def fluctuation_tensor(previous: torch.Tensor, current: torch.Tensor) -> torch.T
     scale = 0.5 * (torch.linalg.vector_norm(prev) + torch.linalg.vector_norm(curr))
     ratio = torch.linalg.vector_norm(curr - prev) / torch.where(scale == 0, torch.ones_like(scale), scale)
     return torch.where(scale == 0, torch.zeros_like(ratio), ratio)
+
+
+class ExplicitLR(torch.optim.lr_scheduler.LRScheduler):
+    """Sets every group's learning rate to ``lr_at(step)`` exactly, for step ``0, 1, ...``.
+
+    Unlike ``LambdaLR`` (``base_lr * factor``) the rate is the function's own value, bit for bit:
+    a schedule written as ``lr * 0.1 ** drops`` gives exactly that number. Its state (the step) is
+    a plain int; ``lr_at`` is configuration and is not saved.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_at: Callable[[int], float]):
+        if not callable(lr_at):
+            raise TypeError(f"lr_at: expected a callable step -> lr, got {type(lr_at).__name__}")
+        self.lr_at = lr_at
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [float(self.lr_at(self.last_epoch))] * len(self.optimizer.param_groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "lr_at"}

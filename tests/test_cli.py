@@ -211,7 +211,7 @@ def test_fresh_ignores_checkpoints_and_is_named_by_the_incompatibility_error(tmp
     assert main(["reproduce", "data", "--profile", "fast", "--quiet", "--checkpoint-dir", str(tmp_path),
                  "--fresh"]) == 0
     assert [kwargs["resume"] for _, kwargs in fake_run] == [True, False]
-    from poselab.train import START_OVER
+    from poselab.checkpoint import START_OVER
     assert "--fresh" in START_OVER and "resume=False" in START_OVER
 
 
@@ -229,12 +229,6 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(capsys, monkeypat
     assert says in err and "python -m poselab reproduce seal --profile fast" in err
     command = err[err.index("python -m poselab"):]
     assert "--fresh" not in command, "the resume command must not start over"
-
-
-def test_ctrl_c_in_an_experiment_without_checkpoints_says_so(capsys, monkeypatch):
-    monkeypatch.setattr("poselab.experiments.run_experiment", lambda name, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert main(["reproduce", "hamipose", "--profile", "fast", "--checkpoint-dir", "ckpt"]) == 130
-    assert "hamipose does not checkpoint" in capsys.readouterr().err
 
 
 def test_regression_compares_a_run_with_its_reference(tmp_path, capsys, fake_run):

@@ -45,7 +45,7 @@ class Toy(Task):
 def _run(task, **kw):
     task.net.train()
     args = dict(steps=12, seed=3, streams=Streams(3, ("batches", "noise")), record_at=[4, 8, 12], progress=False,
-                scheduler_every=4)
+                scheduler_every=4, timed=True)
     return fit(task, **{**args, **kw})
 
 
@@ -122,3 +122,14 @@ def test_streams_are_seeded_by_name_and_independent():
 def test_bad_arguments_are_refused(bad, says):
     with pytest.raises(ValueError, match=says):
         _run(Toy(), **bad)
+
+
+def test_only_watched_values_signal_divergence():
+    class NaNStat(Toy):
+        def step(self, iteration, streams):
+            return {**super().step(iteration, streams), "confidence": math.nan}  # e.g. a method without a teacher
+
+    with pytest.raises(FloatingPointError, match="confidence = nan"):
+        _run(NaNStat())
+    history = _run(NaNStat(), watch=("loss",))
+    assert len(history.records) == 3 and math.isnan(history.records[-1]["confidence"])

@@ -122,3 +122,20 @@ def test_fast_run_structure(fast_results):
     assert m["runs"]["hamipose@lambda=1"]["config"]["target_weight"] == exp.PAPER_WEIGHT == 1.0
     assert math.isnan(m["runs"]["batchnorm_control"]["late"]["conflict_ratio"])
     assert isinstance(fast_results.artifacts["networks"]["hamipose"], torch.nn.Module)
+
+
+def test_a_checkpointed_rerun_resumes_instead_of_retraining(fast_run, monkeypatch):
+    import poselab.methods.hamipose as hp
+
+    first = fast_run("hamipose")
+    names = sorted(p.name for p in first.checkpoint_dir.iterdir())
+    assert "hamipose-fast-pretrain-seed0.safetensors" in names and len(names) == len(first.results.metrics["runs"]) + 1
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("the rerun must load the finished checkpoints, not train")
+
+    monkeypatch.setattr(hp, "hamipose_step", no_step)
+    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=first.checkpoint_dir)
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+    assert {n: strip(r) for n, r in second.metrics["runs"].items()} == \
+        {n: strip(r) for n, r in first.results.metrics["runs"].items()}

@@ -100,3 +100,20 @@ def test_fast_run_structure(fast_results):
     assert {c.id for c in fast_results.claims} == {"ablation/in_domain", "ablation/cross_domain", "steps",
                                                   "steps/noisy_detector", "convergence"}
     assert fast_results.artifacts["networks"]["meta"] is not fast_results.artifacts["networks"]["regression"]
+
+
+def test_a_checkpointed_rerun_resumes_instead_of_retraining(fast_run, monkeypatch):
+    import poselab.methods.meta_tto as mt
+
+    first = fast_run("meta_tto")
+    names = sorted(p.name for p in first.checkpoint_dir.iterdir())
+    assert names == sorted(f"meta_tto-fast-{n}-seed0.safetensors" for n in ["pretrain", *exp.RUNS])
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("the rerun must load the finished checkpoints, not train")
+
+    monkeypatch.setattr(mt, "_mesh_step", no_step)
+    second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=first.checkpoint_dir)
+    assert {n: r["history"] for n, r in second.metrics["runs"].items()} == \
+        {n: r["history"] for n, r in first.results.metrics["runs"].items()}
+    assert second.metrics["ablation"] == first.results.metrics["ablation"]

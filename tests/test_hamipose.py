@@ -792,3 +792,33 @@ def test_keypoint_cosines_measure_without_changing_the_networks():
     torch.testing.assert_close(keypoint_cosines(student, teacher, data, cfg, batches=3, seed=5), rho)
     with pytest.raises(ValueError, match="batches"):
         keypoint_cosines(student, teacher, data, cfg, batches=0)
+
+
+@pytest.mark.parametrize("optimizer", ["hamiltonian", "adam"])
+def test_train_hamipose_resumes_bitwise_after_an_interruption(tmp_path, monkeypatch, optimizer):
+    """Interrupted after its first record and resumed, a run equals an uninterrupted one: student,
+    teacher, optimiser (the Hamiltonian's masses), schedule, keypoint metric and streams are restored."""
+    data = tiny_data()
+    evals = {"target": (data.source_images[:3], data.source_keypoints[:3], data.source_visible[:3])}
+    kw = dict(eval_sets=evals, device="cpu", seed=3, progress=False)
+    cfg = config(iterations=6, optimizer=optimizer)
+    full_student, full_teacher, full = train_hamipose(tiny_net(), data, cfg, **kw)
+    real, calls = hp.hamipose_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after the record at step 2 was checkpointed
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hp, "hamipose_step", interrupted)
+    path = tmp_path / "run.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train_hamipose(tiny_net(), data, cfg, checkpoint_path=path, **kw)
+    monkeypatch.setattr(hp, "hamipose_step", real)
+    student, teacher, history = train_hamipose(tiny_net(seed=9), data, cfg, checkpoint_path=path, **kw)
+    assert history.records == full.records
+    for a, b in ((student, full_student), (teacher, full_teacher)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match=r"config/lr: None in the checkpoint vs 0\.002 now.*--fresh"):
+        train_hamipose(tiny_net(), data, config(iterations=6, optimizer=optimizer, lr=2e-3), checkpoint_path=path, **kw)

@@ -776,3 +776,25 @@ def test_train_mesh_on_cuda(data):
                                       progress=False)
     assert next(out.parameters()).device.type == "cuda" and next(aux.parameters()).device.type == "cuda"
     assert all(math.isfinite(v) for r in history.records for v in r.values())
+
+
+def test_train_mesh_resumes_bitwise_after_an_interruption(data, tmp_path, monkeypatch):
+    cfg = train_config(iterations=4, log_every=2, use_meta=True, use_aux=True)
+    full, full_aux, full_history = train(data, cfg, seed=0)
+    real, calls = mt._mesh_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after the record at step 2 was checkpointed
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    path = tmp_path / "mesh.safetensors"
+    monkeypatch.setattr(mt, "_mesh_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, cfg, seed=0, checkpoint_path=path)
+    monkeypatch.setattr(mt, "_mesh_step", real)
+    resumed, resumed_aux, history = train(data, cfg, seed=0, checkpoint_path=path)
+    assert history.records == full_history.records
+    for a, b in ((resumed, full), (resumed_aux, full_aux)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

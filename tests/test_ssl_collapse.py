@@ -271,7 +271,7 @@ def test_train_ssl_checkpoint(tmp_path):
     again, history2 = train_ssl([net(0), net(1)], data, config("dual"), checkpoint_path=path, progress=False)
     assert history2.records == history.records
     assert all(torch.equal(a, b) for a, b in zip(nets[1].state_dict().values(), again[1].state_dict().values()))
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="incompatible training configuration"):
         train_ssl([net(0), net(1)], data, config("dual", lr=3e-4), checkpoint_path=path, progress=False)
 
 
@@ -294,8 +294,8 @@ def _interrupted_at_step(monkeypatch, stop_at, *args, **kwargs):
 
 
 def test_train_ssl_resume_after_an_interruption_is_bitwise(tmp_path, monkeypatch):
-    from poselab.methods.ssl_collapse import CHECKPOINT_FORMAT
-    from poselab.tensorfile import load_tensor_file
+    from poselab.checkpoint import read_state
+    from poselab.engine import CHECKPOINT_FORMAT
 
     data = tiny_data()
     evals = {"test": (data.labelled, data.keypoints, data.visible)}
@@ -304,18 +304,18 @@ def test_train_ssl_resume_after_an_interruption_is_bitwise(tmp_path, monkeypatch
     path = tmp_path / "run.safetensors"
     _interrupted_at_step(monkeypatch, 4, [net(0), net(1)], data, config("dual", iterations=6), checkpoint_path=path,
                          **kw)
-    _, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT)
-    assert meta["iteration"] == 2 and not list(tmp_path.glob("*.tmp"))
+    state, _ = read_state(path, format=CHECKPOINT_FORMAT)
+    assert state["step"] == 2 and not list(tmp_path.glob("*.tmp"))
     torch.rand(100)  # another global RNG state in the "new session"
     resumed, history = train_ssl([net(5), net(6)], data, config("dual", iterations=6), checkpoint_path=path, **kw)
     assert history.records == full_history.records
     for a, b in zip(full, resumed):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    tensors, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT)  # the file holds exactly the final state
-    assert meta["iteration"] == 6 and meta["history"]["records"] == history.records
+    state, _ = read_state(path, format=CHECKPOINT_FORMAT)  # the file holds exactly the final state
+    assert state["step"] == 6 and state["history"]["records"] == history.records
     for i, trained in enumerate(resumed):
         for name, value in trained.state_dict().items():
-            assert torch.equal(tensors[f"networks/{i}/{name}"], value), name
+            assert torch.equal(state["modules"][f"net{i}"][name], value), name
 
 
 def _checkpoint_after_two_steps(tmp_path, **kw):
@@ -338,11 +338,11 @@ def test_train_ssl_refuses_a_checkpoint_of_another_run_and_says_how_to_start_ove
     cases.append((dict(d=changed), r"data/unlabelled: "))
     momentum = net(0)
     next(m for m in momentum.modules() if isinstance(m, nn.BatchNorm2d)).momentum = 0.2
-    cases.append((dict(nets=[momentum]), r"networks/0/.*momentum: 0\.1 in the checkpoint vs 0\.2 now"))
+    cases.append((dict(nets=[momentum]), r"task/net0/.*momentum: 0\.1 in the checkpoint vs 0\.2 now"))
     cases.append((dict(eval_sets={"test": (data.unlabelled,)}), r"eval_sets/test: '<absent>' in the checkpoint"))
     for change, match in cases:
         args = dict(nets=[net(0)], d=data, cfg=config("easy_hard", iterations=2)) | change
-        with pytest.raises(ValueError, match=rf"run\.safetensors' was written by a different run \(.*{match}.*resume=False "
+        with pytest.raises(ValueError, match=rf"run\.safetensors' was written by an incompatible training configuration \(.*{match}.*resume=False "
                                              r"\(on the command line: --fresh\), or use another checkpoint folder"):
             run(args.pop("nets"), args.pop("d"), args.pop("cfg"), **args)
     _, history = run([net(0)], data, config("easy_hard", iterations=2))  # the same run: returns at once

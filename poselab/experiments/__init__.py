@@ -18,10 +18,6 @@ EXPERIMENTS = {
 }
 """Experiment name -> module. The chapter that shows each one is named in its module docstring."""
 
-NOT_CHECKPOINTED = frozenset({"meta_tto", "hamipose"})
-"""Experiments whose runs are short and always start from scratch: ``checkpoint_dir`` and
-``resume`` are accepted and not used."""
-
 SEED_HEADROOM = 2
 """Experiments also seed with ``seed + 1`` and ``seed + 2``, so ``seed`` goes up to
 ``2**32 - 1 - SEED_HEADROOM`` (:func:`poselab.checks.check_seed`)."""
@@ -33,8 +29,7 @@ def run_experiment(name: str, profile: str = "book", device: str = "auto", seed:
 
     With ``checkpoint_dir``, training checkpoints every epoch into that folder and a rerun
     resumes where the last one stopped (e.g. a folder on Google Drive, on Colab). With
-    ``resume=False`` existing checkpoints are ignored and overwritten (a fresh run). The
-    experiments in :data:`NOT_CHECKPOINTED` ignore both.
+    ``resume=False`` existing checkpoints are ignored and overwritten (a fresh run).
     """
     check_choice("experiment", name, tuple(EXPERIMENTS))
     check_profile(profile)

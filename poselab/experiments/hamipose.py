@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from poselab.checks import check_profile, resolve_device, seed_everything
 from poselab.data.images import render_image_set
@@ -138,8 +139,9 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         checkpoint_dir=None, resume: bool = True) -> Results:
     """Render the data, pre-train on the source, train every run and check the paper's claims.
 
-    ``checkpoint_dir`` and ``resume`` are accepted for a uniform interface and not used: runs are
-    short and always start from scratch.
+    With ``checkpoint_dir``, the pre-training and every run checkpoint there at each record
+    (``hamipose-<profile>-<run>-seed<seed>.safetensors``) and a rerun continues them exactly;
+    ``resume=False`` starts them over.
 
     Returns:
         :class:`~poselab.results.Results`. ``metrics["runs"][name]`` holds ``config`` (the
@@ -165,8 +167,12 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     uda = _uda(data["source"], data["target"])
     pre_cfg = replace(base, iterations=cfg["pretrain"], **ABLATION["source_only"])
     t0 = time.perf_counter()
+    def checkpoint(name: str):
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"hamipose-{profile}-{name}-seed{seed}.safetensors"
+
     pretrained, _, pre_history = train_hamipose(network, uda, pre_cfg, eval_sets=evals, device=dev, seed=seed,
-                                                progress=progress)
+                                                progress=progress, checkpoint_path=checkpoint("pretrain"),
+                                                resume=resume)
     metrics: dict = {"size": cfg["size"], "net": cfg["net"], "iterations": cfg["iterations"],
                      "pretrain": cfg["pretrain"], "source": len(data["source"]), "target": len(data["target"]),
                      "test": len(test), "runs": {},
@@ -178,7 +184,8 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     def train(name: str, overrides: dict, uda_data: UDAData = uda) -> None:
         t = time.perf_counter()
         student, _, history = train_hamipose(pretrained, uda_data, replace(base, **overrides), eval_sets=evals,
-                                             device=dev, seed=seed + 1, progress=progress)
+                                             device=dev, seed=seed + 1, progress=progress,
+                                             checkpoint_path=checkpoint(name), resume=resume)
         curves = _curves(history)
         metrics["runs"][name] = {
             "config": dict(overrides), "curves": curves,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -111,8 +112,9 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         checkpoint_dir=None, resume: bool = True) -> Results:
     """Render the data, pre-train, train the three runs, evaluate with TTO and check the claims.
 
-    ``checkpoint_dir`` and ``resume`` are accepted for a uniform interface and not used: runs
-    take minutes and always start from scratch.
+    With ``checkpoint_dir``, the pre-training and every run checkpoint there at each record
+    (``meta_tto-<profile>-<run>-seed<seed>.safetensors``) and a rerun continues them exactly;
+    ``resume=False`` starts them over.
 
     Returns:
         :class:`~poselab.results.Results`. ``metrics["runs"][name]`` (the :data:`RUNS`) holds
@@ -138,8 +140,11 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                                use_meta=False, use_aux=False, log_every=cfg["log_every"])
     evals = {name: data[name] for name in TEST_SETS}
     t0 = time.perf_counter()
+    def checkpoint(name: str):
+        return None if checkpoint_dir is None else Path(checkpoint_dir) / f"meta_tto-{profile}-{name}-seed{seed}.safetensors"
+
     pretrained, _, pre_history = mt.train_mesh(network, train, pre_cfg, eval_sets=evals, device=dev, seed=seed,
-                                               progress=progress)
+                                               progress=progress, checkpoint_path=checkpoint("pretrain"), resume=resume)
     metrics: dict = {"net": cfg["net"], "train": len(train), "test": cfg["test"], "pretrain": cfg["pretrain"],
                      "iterations": cfg["iterations"], "tto_steps": cfg["tto_steps"], "max_steps": cfg["max_steps"],
                      "tto_lr": base.tto_lr, "aux_weight": base.aux_weight,
@@ -151,7 +156,8 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
         config = replace(base, **overrides)
         aux = copy.deepcopy(pretrained) if config.use_aux else None
         net, aux, history = mt.train_mesh(pretrained, train, config, aux_network=aux, eval_sets=evals, device=dev,
-                                          seed=seed + 1, progress=progress)
+                                          seed=seed + 1, progress=progress, checkpoint_path=checkpoint(name),
+                                          resume=resume)
         networks[name], networks[f"{name}/aux"] = net, aux
         metrics["runs"][name] = {"config": dict(overrides), "history": history.records,
                                  "seconds": time.perf_counter() - t}

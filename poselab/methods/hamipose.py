@@ -95,27 +95,31 @@ Choices (our reading of the paper; the chapter discusses them):
   non-finite inputs into NaN rather than 0, so a step of a NaN network returns NaN statistics;
   :func:`train_hamipose` then stops and fills the remaining records with NaN, flagged
   ``diverged``, so that a table of runs keeps every row.
-* **No checkpointing**: runs are short (minutes); :func:`train_hamipose` restarts from scratch.
+* **Checkpoints**: :func:`train_hamipose` runs on :func:`poselab.engine.fit`, which checkpoints at
+  every record and resumes exactly (student, teacher, optimiser with its masses, schedule, the
+  keypoint metric, the last parameter increment and the random streams).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from poselab import optim as O
+from poselab.checkpoint import check_checkpoint_path, data_sha256
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import EASY, AugmentConfig, augment
 from poselab.methods.ssl_collapse import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
                                           supervised_targets, teacher_targets)
-from poselab.train import History, append_window_record
-from poselab.train import log_points as training_log_points
+from poselab.engine import History, Streams, Task, fit
+from poselab.engine import log_points as training_log_points
 
 __all__ = [
     "DECOMPOSITIONS",
@@ -382,6 +386,14 @@ class KeypointMetric:
     def inverse(self) -> torch.Tensor:
         """``(K,)`` diagonal of ``D_k^-1``: ``1 / (alpha_k + eps)``."""
         return 1.0 / (self.alpha + self.eps)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running state (for checkpoints): the last final-layer slices and ``alpha``."""
+        return {"previous": self.previous, "alpha": self.alpha}
+
+    def load_state_dict(self, state) -> None:
+        self.previous = state["previous"].to(self.previous.device)
+        self.alpha = state["alpha"].to(self.alpha.device)
 
 
 class Decomposition(NamedTuple):
@@ -866,17 +878,100 @@ def _stream_seeds(seed: int) -> tuple[int, int, int]:
     return 3 * seed, 3 * seed + 1, 3 * seed + 2
 
 
+STREAMS = ("batches", "source", "target")
+"""The random streams of a run: batch indices, source augmentations, target views."""
+
+
+class HamiPoseTask(Task):
+    """:func:`train_hamipose` as an engine task: one :func:`hamipose_step` on batches drawn with
+    replacement, plus the window statistics of the student's parameter increments."""
+
+    def __init__(self, network: nn.Module, data: UDAData, config: HamiPoseConfig, eval_sets: Mapping[str, tuple],
+                 device: torch.device):
+        self.data, self.config, self.eval_sets, self.device = data, config, eval_sets, device
+        self.student = copy.deepcopy(network).to(device).train()
+        self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.optimizer = O.build_optimizer(config.optimizer, self.student.parameters(), lr=config.lr,
+                                           **_optimizer_kwargs(config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: O.warmup_cosine(step, config.iterations, config.warmup))
+        self.metric = KeypointMetric(self.student.final, config.metric_decay, config.metric_eps)
+        self.modules = {"student": self.student, "teacher": self.teacher}
+        self.previous_flat, self.previous_step = _flat_parameters(self.student), None
+        self.fluctuations: list[float] = []
+        self.step_rms: list[float] = []
+        self.last_iteration = 0
+        self._finite = torch.tensor(True)
+
+    def step(self, iteration: int, streams: Streams) -> dict[str, float]:
+        data, config, dev = self.data, self.config, self.device
+        si = torch.randint(data.source_images.shape[0], (config.source_batch,), generator=streams["batches"])
+        ti = torch.randint(data.target_images.shape[0], (config.target_batch,), generator=streams["batches"])
+        source = (as_float_images(data.source_images[si], dev), data.source_keypoints[si].to(dev).float(),
+                  data.source_visible[si].to(dev))
+        target = as_float_images(data.target_images[ti], dev)
+        stats = hamipose_step(self.student, self.teacher, self.optimizer, self.metric, source, target, config,
+                              iteration, streams["source"], target_generator=streams["target"])
+        flat = _flat_parameters(self.student)
+        increment = flat - self.previous_flat
+        values = [increment.pow(2).mean().sqrt(), torch.isfinite(flat).all() & torch.isfinite(self.metric.alpha).all()]
+        if self.previous_step is not None:
+            values.append(O.fluctuation_tensor(self.previous_step, increment))
+        rms, finite, *fluctuation = torch.stack([v.double() for v in values]).tolist()  # one sync
+        self.step_rms.append(rms)
+        self.fluctuations.extend(fluctuation)
+        self.previous_flat, self.previous_step = flat, increment
+        self._finite = torch.tensor(finite == 1.0)
+        self.last_iteration = iteration
+        return stats
+
+    def finite(self) -> torch.Tensor:
+        return self._finite
+
+    def start_record(self) -> dict[str, float]:
+        return {"gamma": self.config.gamma_at(0)}
+
+    def summarise(self, window: list[dict[str, float]]) -> dict[str, float]:
+        """Step means, ``gamma`` of the last step, ``fluctuation``, ``step_rms`` and ``loss_std`` of the window."""
+        out = super().summarise(window)
+        losses = [w["loss"] for w in window]
+        mean_loss = sum(losses) / len(losses)
+        out.update(gamma=self.config.gamma_at(self.last_iteration),
+                   fluctuation=float(sum(self.fluctuations) / len(self.fluctuations)) if self.fluctuations else math.nan,
+                   step_rms=float(sum(self.step_rms) / len(self.step_rms)),
+                   loss_std=(math.sqrt(sum((x - mean_loss) ** 2 for x in losses) / (len(losses) - 1))
+                             if len(losses) > 1 else math.nan))
+        self.fluctuations, self.step_rms = [], []
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        return {f"{name}/{key}": value for name, items in self.eval_sets.items()
+                for key, value in evaluate_heatmaps(self.student, *items).items()}
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric.state_dict(), "previous_flat": self.previous_flat,
+                "previous_step": self.previous_step, "last_iteration": self.last_iteration}
+
+    def load_state_dict(self, state) -> None:
+        self.metric.load_state_dict(state["metric"])
+        self.previous_flat, self.previous_step = state["previous_flat"].to(self.device), state["previous_step"]
+        if self.previous_step is not None:
+            self.previous_step = self.previous_step.to(self.device)
+        self.last_iteration = state["last_iteration"]
+
+
 def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
                    eval_sets: Mapping[str, tuple] | None = None, device: str | torch.device = "auto", seed: int = 0,
-                   progress: bool = True) -> tuple[nn.Module, nn.Module, History]:
+                   progress: bool = True, checkpoint_path: str | os.PathLike | None = None,
+                   resume: bool = True) -> tuple[nn.Module, nn.Module, History]:
     """Train a copy of ``network`` with HamiPose (or Mean Teacher / source-only) and return it.
 
     The student starts as a copy of ``network`` and the teacher as a copy of the student. The
     optimiser is :func:`poselab.optim.build_optimizer` ``(config.optimizer, lr=config.lr)`` (plus,
     for the Hamiltonian one, ``friction``, ``mass_decay = metric_decay`` and
-    ``mass_eps = metric_eps``) under ``LambdaLR`` with :func:`poselab.optim.warmup_cosine`. No
-    checkpointing: runs are short and restart from scratch. An oracle (target-labelled) run is this
-    with ``target_weight=0`` on target data.
+    ``mass_eps = metric_eps``) under ``LambdaLR`` with :func:`poselab.optim.warmup_cosine`, in the
+    engine's loop (:func:`poselab.engine.fit`). An oracle (target-labelled) run is this with
+    ``target_weight=0`` on target data.
 
     A run that diverges does not raise: after every step, a non-finite loss, student parameter or
     metric ``alpha`` stops training. The record of the current window is appended at its log point
@@ -898,6 +993,9 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
             indices, source augmentations, target views. Target indices are drawn in every run, so a source-only
             run sees the source batches and augmentations of an adaptation run of the same seed.
         progress: a ``tqdm`` bar over steps.
+        checkpoint_path: if given, the run is saved there at every record and a rerun with the same
+            network, data, config and seed continues from it, bitwise as if uninterrupted.
+        resume: with ``False`` an existing checkpoint is ignored and overwritten.
 
     Returns:
         ``(student, teacher, history)`` in eval mode. ``history.records``: one at step 0
@@ -923,79 +1021,17 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
     for name, items in eval_sets.items():
         if not isinstance(items, tuple) or len(items) not in (1, 3):
             raise ValueError(f"eval_sets[{name!r}]: expected (images,) or (images, keypoints, visible)")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
+    path = None if checkpoint_path is None else check_checkpoint_path("checkpoint_path", checkpoint_path)
     dev = resolve_device(device)
-    student = copy.deepcopy(network).to(dev).train()
-    teacher = copy.deepcopy(student).eval().requires_grad_(False)
-    optimizer = O.build_optimizer(config.optimizer, student.parameters(), lr=config.lr, **_optimizer_kwargs(config))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: O.warmup_cosine(step, config.iterations, config.warmup))
-    metric = KeypointMetric(student.final, config.metric_decay, config.metric_eps)
-    index_gen, source_gen, target_gen = (torch.Generator().manual_seed(s) for s in _stream_seeds(seed))
-    history = History()
-
-    def evaluate(record: dict) -> None:
-        for name, items in eval_sets.items():
-            for key, value in evaluate_heatmaps(student, *items).items():
-                record[f"{name}/{key}"] = value
-
-    record = {"iteration": 0, "lr": optimizer.param_groups[0]["lr"], "gamma": config.gamma_at(0)}
-    evaluate(record)
-    eval_keys = [key for key in record if key not in ("iteration", "lr", "gamma")]
-    record["diverged"] = 0.0
-    history.records.append(record)
-    log_points = training_log_points(config.iterations, config.log_every)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.iterations, desc=f"hamipose {config.decomposition}/{config.optimizer}", unit="step")
-    window: list[dict] = []
-    fluctuations: list[float] = []
-    step_rms: list[float] = []
-    previous_flat, previous_step = _flat_parameters(student), None
-    n_s, n_t = data.source_images.shape[0], data.target_images.shape[0]
-    for it in range(config.iterations):
-        lr = optimizer.param_groups[0]["lr"]
-        si = torch.randint(n_s, (config.source_batch,), generator=index_gen)
-        ti = torch.randint(n_t, (config.target_batch,), generator=index_gen)
-        source = (as_float_images(data.source_images[si], dev), data.source_keypoints[si].to(dev).float(),
-                  data.source_visible[si].to(dev))
-        target = as_float_images(data.target_images[ti], dev)
-        stats = hamipose_step(student, teacher, optimizer, metric, source, target, config, it, source_gen,
-                              target_generator=target_gen)
-        window.append(stats)
-        scheduler.step()
-        flat = _flat_parameters(student)
-        step = flat - previous_flat
-        all_finite = torch.isfinite(flat).all() & torch.isfinite(metric.alpha).all()
-        values = [step.pow(2).mean().sqrt(), all_finite]
-        if previous_step is not None:
-            values.append(O.fluctuation_tensor(previous_step, step))
-        rms, finite, *fluct = torch.stack([v.double() for v in values]).tolist()  # one sync
-        step_rms.append(rms)
-        fluctuations.extend(fluct)
-        previous_flat, previous_step = flat, step
-        diverged = not (math.isfinite(stats["loss"]) and finite == 1.0)
-        done = it + 1
-        if diverged or done in log_points:
-            point = next(p for p in log_points if p >= done)
-            losses = [w["loss"] for w in window]
-            mean_loss = sum(losses) / len(losses)
-            extra = {"gamma": config.gamma_at(it),
-                     "fluctuation": float(sum(fluctuations) / len(fluctuations)) if fluctuations else math.nan,
-                     "step_rms": float(sum(step_rms) / len(step_rms)),
-                     "loss_std": (math.sqrt(sum((x - mean_loss) ** 2 for x in losses) / (len(losses) - 1))
-                                  if len(losses) > 1 else math.nan)}
-            record = append_window_record(history, window, point, lr, log_points, evaluate, eval_keys, diverged,
-                                          extra)
-            window, fluctuations, step_rms = [], [], []
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.3g}", conflict=f"{record['conflict_ratio']:.2f}",
-                                **({"diverged": done} if diverged else {}))
-        if bar is not None:
-            bar.update(1)
-        if diverged:
-            break
-    if bar is not None:
-        bar.close()
-    return student.eval(), teacher.eval(), history
+    task = HamiPoseTask(network, data, config, eval_sets, dev)
+    fingerprint = None if path is None else {
+        "config": asdict(config), "data": data_sha256(**{f.name: getattr(data, f.name) for f in fields(data)}),
+        "eval_sets": {name: data_sha256(**{str(i): t for i, t in enumerate(items)})
+                      for name, items in sorted(eval_sets.items())}}
+    history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds=dict(zip(STREAMS, _stream_seeds(seed)))),
+                  record_at=training_log_points(config.iterations, config.log_every), record_start=True,
+                  on_divergence="record", watch=("loss",), seed_global=False, checkpoint=path, resume=resume,
+                  fingerprint=fingerprint, device=dev, progress=progress, desc=f"hamipose {config.decomposition}/{config.optimizer}", postfix=("loss", "conflict_ratio"))
+    return task.student.eval(), task.teacher.eval(), history

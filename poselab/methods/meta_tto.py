@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import roma
 import torch
@@ -68,6 +69,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from poselab import optim as O
+from poselab.checkpoint import check_checkpoint_path, data_sha256
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
 from poselab.data.body import BodyModel, body_model, to_camera_frame
 from poselab.data.cameras import detector_noise, project_points
@@ -76,8 +78,8 @@ from poselab.metrics import mpjpe, p_mpjpe, pve
 from poselab.models.mesh import (NUM_BONES, NUM_PHENOTYPES, MeshPrediction, camera_translation,
                                  matrix_to_rotation_6d, rotation_6d_to_matrix, to_pose_parameters,
                                  translation_to_camera)
-from poselab.train import History, append_window_record
-from poselab.train import log_points as training_log_points
+from poselab.engine import History, Streams, Task, fit
+from poselab.engine import log_points as training_log_points
 
 __all__ = [
     "TTO_OPTIMIZERS",
@@ -1080,15 +1082,54 @@ def _check_train_args(network, data, config, aux_network, eval_sets, warmup, noi
         raise TypeError(f"seed: expected an int, got {seed!r}")
 
 
-def _all_finite(networks: list[nn.Module]) -> torch.Tensor:
-    """0-dim bool: every parameter of every network is finite (no sync)."""
-    return torch.stack([torch.isfinite(p).all() for n in networks for p in n.parameters()]).all()
+def _images_sha256(images: PersonImages) -> dict[str, str]:
+    return data_sha256(**{name: getattr(images, name) for name in PersonImages._TENSORS})
+
+
+class MeshTask(Task):
+    """:func:`train_mesh` as an engine task: one :func:`meta_loss` (or regression) step on crops drawn
+    with replacement, their targets built with fresh seeded detector noise."""
+
+    def __init__(self, network, aux_network, data: PersonImages, config: MetaTTOConfig,
+                 eval_sets: Mapping[str, PersonImages], warmup: float, noise: DetectorNoise, device: torch.device):
+        self.data, self.config, self.eval_sets, self.noise, self.device = data, config, eval_sets, noise, device
+        self.main = copy.deepcopy(network).to(device).train()
+        self.aux = None if aux_network is None else copy.deepcopy(aux_network).to(device).train()
+        networks = [self.main] if self.aux is None else [self.main, self.aux]
+        self.dtype = next(self.main.parameters()).dtype
+        if self.aux is not None and next(self.aux.parameters()).dtype != self.dtype:
+            raise TypeError(f"aux_network: {next(self.aux.parameters()).dtype}, expected the network's {self.dtype}")
+        self.body = body_model(device, self.dtype)
+        self.modules = {"main": self.main} | ({} if self.aux is None else {"aux": self.aux})
+        self.optimizer = torch.optim.Adam([p for n in networks for p in n.parameters()], lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: O.warmup_cosine(step, config.iterations, warmup))
+        # Evaluation targets once (their detections are unused: no TTO here).
+        self.eval_targets = {name: mesh_targets(images, self.body) for name, images in eval_sets.items()}
+
+    def step(self, iteration: int, streams) -> dict[str, torch.Tensor]:
+        index = torch.randint(len(self.data), (self.config.batch,), generator=streams["batches"])
+        batch = self.data.subset(index)
+        noise_seed = int(torch.randint(2**31 - 1, (), generator=streams["noise"]))
+        targets = mesh_targets(batch, self.body, noise=self.noise, seed=noise_seed)
+        return _mesh_step(self.main, self.aux, self.optimizer, _float_batch(batch.images, self.dtype, self.device),
+                          targets, self.body, self.config)
+
+    def evaluate(self) -> dict[str, float]:
+        self.main.eval()
+        record = {}
+        for name, images in self.eval_sets.items():
+            scores = evaluate_mesh(predict_images(self.main, images), self.eval_targets[name], self.body)
+            record.update({f"{name}/{key}": value for key, value in scores.items()})
+        self.main.train()
+        return record
 
 
 def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
                aux_network: nn.Module | None = None, eval_sets: Mapping[str, PersonImages] | None = None,
                device: str | torch.device = "auto", seed: int = 0, progress: bool = True, warmup: float = 0.05,
-               noise: DetectorNoise = DETECTOR_NOISE) -> tuple[nn.Module, nn.Module | None, History]:
+               noise: DetectorNoise = DETECTOR_NOISE, checkpoint_path: str | os.PathLike | None = None,
+               resume: bool = True) -> tuple[nn.Module, nn.Module | None, History]:
     """Train copies of the regressor (and of the auxiliary network) by meta-learning with TTO, or plain regression.
 
     Each of ``config.iterations`` steps samples ``config.batch`` crops of ``data`` with replacement,
@@ -1116,6 +1157,10 @@ def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
         progress: a ``tqdm`` bar over steps.
         warmup: the learning-rate warm-up's fraction of the run, in [0, 1).
         noise: the simulated detector's errors (:class:`DetectorNoise`).
+        checkpoint_path: if given, the run is saved there at every record (:func:`poselab.engine.fit`)
+            and a rerun with the same networks, data, settings and seed continues from it, bitwise
+            as if uninterrupted.
+        resume: with ``False`` an existing checkpoint is ignored and overwritten.
 
     Returns:
         ``(network, aux_network or None, history)``, trained copies in eval mode. ``history.records``:
@@ -1128,65 +1173,17 @@ def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
     """
     eval_sets = {} if eval_sets is None else eval_sets
     _check_train_args(network, data, config, aux_network, eval_sets, warmup, noise, seed)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected a bool, got {type(resume).__name__}")
+    path = None if checkpoint_path is None else check_checkpoint_path("checkpoint_path", checkpoint_path)
     dev = resolve_device(device)
-    main = copy.deepcopy(network).to(dev).train()
-    aux = None if aux_network is None else copy.deepcopy(aux_network).to(dev).train()
-    networks = [main] if aux is None else [main, aux]
-    dtype = next(main.parameters()).dtype
-    if aux is not None and next(aux.parameters()).dtype != dtype:
-        raise TypeError(f"aux_network: {next(aux.parameters()).dtype}, expected the network's {dtype}")
-    body = body_model(dev, dtype)
-    optimizer = torch.optim.Adam([p for n in networks for p in n.parameters()], lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: O.warmup_cosine(step, config.iterations, warmup))
-    index_gen, noise_gen = (torch.Generator().manual_seed(s) for s in (2 * seed, 2 * seed + 1))
-    # Evaluation targets once (their detections are unused: no TTO here).
-    eval_targets = {name: mesh_targets(images, body) for name, images in eval_sets.items()}
-    history = History()
-
-    def evaluate(record: dict) -> None:
-        main.eval()
-        for name, images in eval_sets.items():
-            scores = evaluate_mesh(predict_images(main, images), eval_targets[name], body)
-            record.update({f"{name}/{key}": value for key, value in scores.items()})
-        main.train()
-
-    record = {"iteration": 0, "lr": optimizer.param_groups[0]["lr"]}
-    evaluate(record)
-    eval_keys = [key for key in record if key not in ("iteration", "lr")]
-    record["diverged"] = 0.0
-    history.records.append(record)
-    log_points = training_log_points(config.iterations, config.log_every)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        mode = ("meta" if config.use_meta else "regression") + ("+aux" if config.use_aux else "")
-        bar = tqdm(total=config.iterations, desc=f"mesh {mode}", unit="step")
-    window: list[dict[str, float]] = []
-    for it in range(config.iterations):
-        lr = optimizer.param_groups[0]["lr"]
-        index = torch.randint(len(data), (config.batch,), generator=index_gen)
-        batch = data.subset(index)
-        noise_seed = int(torch.randint(2**31 - 1, (), generator=noise_gen))
-        targets = mesh_targets(batch, body, noise=noise, seed=noise_seed)
-        stats = _mesh_step(main, aux, optimizer, _float_batch(batch.images, dtype, dev), targets, body, config)
-        scheduler.step()
-        finite = _all_finite(networks).double()
-        values = torch.stack([*(v.double() for v in stats.values()), finite]).tolist()  # one sync
-        window.append(dict(zip(stats, values[:-1])))
-        diverged = not (math.isfinite(window[-1]["loss"]) and values[-1] == 1.0)
-        done = it + 1
-        if diverged or done in log_points:
-            point = next(p for p in log_points if p >= done)
-            record = append_window_record(history, window, point, lr, log_points, evaluate, eval_keys, diverged)
-            window = []
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.3g}", **({"diverged": done} if diverged else {}))
-        if bar is not None:
-            bar.update(1)
-        if diverged:
-            break
-    if bar is not None:
-        bar.close()
-    return main.eval(), None if aux is None else aux.eval(), history
+    task = MeshTask(network, aux_network, data, config, eval_sets, warmup, noise, dev)
+    fingerprint = None if path is None else {
+        "config": asdict(config), "warmup": warmup, "noise": asdict(noise), "data": _images_sha256(data),
+        "eval_sets": {name: _images_sha256(images) for name, images in sorted(eval_sets.items())}}
+    mode = ("meta" if config.use_meta else "regression") + ("+aux" if config.use_aux else "")
+    history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds={"batches": 2 * seed, "noise": 2 * seed + 1}),
+                  record_at=training_log_points(config.iterations, config.log_every), record_start=True,
+                  on_divergence="record", watch=("loss",), seed_global=False, checkpoint=path, resume=resume,
+                  fingerprint=fingerprint, device=dev, progress=progress, desc=f"mesh {mode}")
+    return task.main.eval(), None if task.aux is None else task.aux.eval(), history

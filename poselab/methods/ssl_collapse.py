@@ -60,12 +60,14 @@ import torch
 from torch import nn
 
 from poselab import metrics as M
+from poselab import optim as O
+from poselab.checkpoint import check_checkpoint_path
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import (EASY, HARD, AugmentConfig, augment, heatmap_affine, invert_affine, relative_affine,
                                   transform_points, warp_heatmaps, warp_valid_mask)
 from poselab.data.heatmaps import decode_heatmaps, gaussian_heatmaps, to_heatmap_pixels, to_image_pixels
-from poselab.tensorfile import load_tensor_file, save_tensor_file, tensor_sha256
-from poselab.train import START_OVER, History, check_checkpoint_path, config_differences, module_fingerprint
+from poselab.engine import History, Streams, Task, fit, log_points
+from poselab.tensorfile import tensor_sha256
 
 __all__ = [
     "SSL_METHODS",
@@ -411,17 +413,9 @@ def evaluate_heatmaps(network: nn.Module, images: torch.Tensor, keypoints: torch
 # -------------------------------------------------------------------------------------- training
 
 
-CHECKPOINT_FORMAT = "poselab.ssl_collapse/2"
-"""Format of :func:`train_ssl` checkpoints: one safetensors file (:mod:`poselab.tensorfile`) with the
-networks' weights (``networks/{i}/{name}``), Adam's per-parameter state (``optimizer/{index}/{name}``)
-and the sampling generator's state (``generator``); the fingerprint, history and step count are its
-JSON metadata. Nothing in it is unpickled."""
-
-
-def _fingerprint(config: SSLConfig, data: SSLData, networks: Sequence[nn.Module], seed: int,
-                 eval_sets: Mapping[str, tuple]) -> dict:
+def _fingerprint(config: SSLConfig, data: SSLData, seed: int, eval_sets: Mapping[str, tuple]) -> dict:
     """Everything a checkpoint must share with this call to be continued by it: every field of
-    ``config``, every network's configuration (:func:`poselab.train.module_fingerprint`), the
+    ``config``, every network's configuration (:func:`poselab.checkpoint.module_fingerprint`), the
     SHA-256 of every byte of the data and of each evaluation set, and the seed (not the device)."""
     def hashes(items: Sequence[torch.Tensor], names: Sequence[str]) -> dict:
         return {name: tensor_sha256(t) for name, t in zip(names, items)}
@@ -431,54 +425,37 @@ def _fingerprint(config: SSLConfig, data: SSLData, networks: Sequence[nn.Module]
         "data": hashes([data.labelled, data.keypoints, data.visible, data.unlabelled],
                        ["labelled", "keypoints", "visible", "unlabelled"]),
         "eval_sets": {name: hashes(items, ["images", "keypoints", "visible"]) for name, items in sorted(eval_sets.items())},
-        "networks": [module_fingerprint(net) for net in networks],
         "seed": seed,
     }
     return json.loads(json.dumps(fingerprint))  # as it reads back from the file: tuples become lists
 
 
-def _save_checkpoint(path: Path, fingerprint: dict, nets: Sequence[nn.Module], optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, history: History, iteration: int) -> None:
-    tensors = {f"networks/{i}/{name}": t for i, net in enumerate(nets) for name, t in net.state_dict().items()}
-    tensors["generator"] = generator.get_state()
-    plain_state: dict[str, dict] = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer/{index}/{name}"] = value
-            else:
-                plain_state.setdefault(str(index), {})[name] = value
-    meta = {"fingerprint": fingerprint, "history": history.to_dict(), "iteration": iteration,
-            "optimizer_plain_state": plain_state}
-    save_tensor_file(path, tensors, meta, format=CHECKPOINT_FORMAT)
+class SSLTask(Task):
+    """:func:`train_ssl` as an engine task: one :func:`ssl_step` on batches drawn with replacement."""
 
+    def __init__(self, nets: list[nn.Module], data: SSLData, config: SSLConfig, eval_sets: Mapping[str, tuple],
+                 device: torch.device):
+        self.nets, self.data, self.config, self.eval_sets, self.device = nets, data, config, eval_sets, device
+        self.modules = {f"net{i}": net for i, net in enumerate(nets)}
+        self.optimizer = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=config.lr)
+        self.scheduler = O.ExplicitLR(self.optimizer, config.lr_at)
 
-def _restore_checkpoint(path: Path, fingerprint: dict, nets: Sequence[nn.Module], optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator) -> tuple[History, int]:
-    recover = f"delete it, or {START_OVER}"
-    tensors, meta = load_tensor_file(path, format=CHECKPOINT_FORMAT, what="checkpoint", recover=recover)
-    diffs = config_differences(meta.get("fingerprint"), fingerprint)
-    if diffs:
-        shown = diffs[:8] + ([f"and {len(diffs) - 8} more"] if len(diffs) > 8 else [])
-        raise ValueError(f"checkpoint {str(path)!r} was written by a different run (" + "; ".join(shown)
-                         + f"). To continue, {START_OVER}.")
-    try:
-        for i, net in enumerate(nets):
-            prefix = f"networks/{i}/"
-            net.load_state_dict({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
-        state: dict[int, dict] = {}
-        for key, t in tensors.items():
-            if key.startswith("optimizer/"):
-                _, index, name = key.split("/", 2)
-                state.setdefault(int(index), {})[name] = t
-        for index, values in meta["optimizer_plain_state"].items():
-            state.setdefault(int(index), {}).update(values)
-        # The parameter groups are configuration (checked by the fingerprint): this optimiser's own.
-        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-        generator.set_state(tensors["generator"])
-        return History.from_dict(meta["history"]), int(meta["iteration"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"checkpoint {str(path)!r} could not be restored ({exc}); {recover}") from exc
+    def step(self, iteration: int, streams: Streams) -> dict[str, float]:
+        generator, data, config, dev = streams["ssl"], self.data, self.config, self.device
+        li = torch.randint(data.labelled.shape[0], (config.labelled_batch,), generator=generator)
+        ui = torch.randint(data.unlabelled.shape[0], (config.unlabelled_batch,), generator=generator)
+        labelled = (as_float_images(data.labelled[li], dev), data.keypoints[li].to(dev), data.visible[li].to(dev))
+        unlabelled = as_float_images(data.unlabelled[ui], dev)
+        return ssl_step(self.nets, self.optimizer, labelled, unlabelled, config, generator)
+
+    def evaluate(self) -> dict[str, float]:
+        record = {}
+        for name, items in self.eval_sets.items():
+            for i, net in enumerate(self.nets):
+                prefix = f"{name}/" if i == 0 else f"net2/{name}/"
+                for key, value in evaluate_heatmaps(net, *items).items():
+                    record[prefix + key] = value
+        return record
 
 
 def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *,
@@ -499,7 +476,7 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         seed: seeds the step's batch sampling and augmentations (one CPU generator).
         checkpoint_path: if given, the run is saved there at every record (atomically, as a
-            safetensors file: :data:`CHECKPOINT_FORMAT`) and a rerun with the same configuration
+            safetensors file: :data:`poselab.engine.CHECKPOINT_FORMAT`) and a rerun with the same configuration
             resumes from it (or returns at once if it had finished). It must be the same run:
             every ``config`` field, the networks' configurations, the SHA-256 of the data and of
             every eval set, and the seed, else ``ValueError``. A damaged or foreign file is a
@@ -531,60 +508,12 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
     path = None if checkpoint_path is None else check_checkpoint_path("checkpoint_path", checkpoint_path)
     dev = resolve_device(device)
     nets = [copy.deepcopy(n).to(dev).train() for n in networks]
-    params = [p for n in nets for p in n.parameters()]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = History()
-    start = 0
-    fingerprint = None if path is None else _fingerprint(config, data, nets, seed, eval_sets)
-    if path is not None and resume and path.exists():
-        history, start = _restore_checkpoint(path, fingerprint, nets, optimizer, generator)
-
-    def evaluate_all(record: dict) -> None:
-        for name, items in eval_sets.items():
-            for i, net in enumerate(nets):
-                prefix = f"{name}/" if i == 0 else f"net2/{name}/"
-                for key, value in evaluate_heatmaps(net, *items).items():
-                    record[prefix + key] = value
-
-    def save(iteration: int) -> None:
-        if path is not None:
-            _save_checkpoint(path, fingerprint, nets, optimizer, generator, history, iteration)
-
-    if start == 0 and not history.records:
-        record = {"iteration": 0, "lr": config.lr_at(0)}
-        evaluate_all(record)
-        history.records.append(record)
-    bar = None
-    if progress and start < config.iterations:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.iterations, initial=start, desc=config.method, unit="step")
-    window: list[dict] = []
-    n_lab, n_unl = data.labelled.shape[0], data.unlabelled.shape[0]
-    for it in range(start, config.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr_at(it)
-        li = torch.randint(n_lab, (config.labelled_batch,), generator=generator)
-        ui = torch.randint(n_unl, (config.unlabelled_batch,), generator=generator)
-        labelled = (as_float_images(data.labelled[li], dev), data.keypoints[li].to(dev), data.visible[li].to(dev))
-        unlabelled = as_float_images(data.unlabelled[ui], dev)
-        window.append(ssl_step(nets, optimizer, labelled, unlabelled, config, generator))
-        done = it + 1
-        if done % config.log_every == 0 or done == config.iterations:
-            record = {"iteration": done, "lr": config.lr_at(it)}
-            for key in window[0]:
-                record[key] = float(sum(w[key] for w in window) / len(window))
-            window = []
-            evaluate_all(record)
-            history.records.append(record)
-            save(done)
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.3g}", response=f"{record['response']:.3g}")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    task = SSLTask(nets, data, config, eval_sets, dev)
+    history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds={"ssl": seed}),
+                  record_at=log_points(config.iterations, config.log_every), record_start=True,
+                  on_divergence="record", watch=("loss",), seed_global=False, checkpoint=path, resume=resume,
+                  fingerprint=None if path is None else _fingerprint(config, data, seed, eval_sets), device=dev,
+                  progress=progress, desc=config.method, postfix=("loss", "response"))
     for net in nets:
         net.eval()
     return nets, history
