@@ -795,3 +795,18 @@ def sample_batches(
         )
     order = torch.randperm(n, generator=generator)[:need].view(num_batches, batch_size)
     return [(inputs[idx.to(inputs.device)], targets[idx.to(targets.device)]) for idx in order]
+
+
+def dar_curvature_note(holds: bool, extent: dict) -> str:
+    """Why the high-DAR third may not be the steeper one (a claim's note; empty when it is).
+
+    ``extent``: ``{"low_dar": ..., "high_dar": ...}`` mean 2D extents of the thirds
+    (:func:`poselab.data.lifting.mean_image_extent`), or empty."""
+    if holds:
+        return ""
+    if extent and extent["low_dar"] > extent["high_dar"]:
+        return ("lambda_max also grows with the size of the network's inputs, and the low-DAR poses are spread "
+                f"wider in the image (mean 2D extent {extent['low_dar']:.2f} vs {extent['high_dar']:.2f} screen "
+                "units): input scale, not only ambiguity, sets the curvature here")
+    return ("the ambiguity of a pose shows in its error (chapter 0) more than in the curvature of the training loss "
+            "around a solution fitted to all poses at once")

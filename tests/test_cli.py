@@ -264,3 +264,18 @@ def test_run_experiment_passes_resume_and_checks_seed_and_resume(monkeypatch):
         run_experiment("data", profile="fast", seed=2**32 - 2)
     with pytest.raises(TypeError, match="resume: expected a bool"):
         run_experiment("data", profile="fast", resume="no")
+
+
+def test_no_experiment_imports_another():
+    import ast
+    from pathlib import Path
+
+    import poselab.experiments as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+                   {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m.startswith("poselab.experiments")}, f"{path.name} imports an experiment"

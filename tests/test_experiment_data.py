@@ -6,17 +6,6 @@ import torch
 from poselab.experiments import data as exp
 
 
-def test_dar_groups_partition_the_samples_in_increasing_dar():
-    class Fake:
-        dar = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2], dtype=torch.float64)
-
-    groups = exp.dar_groups(Fake(), 3)
-    assert sorted(torch.cat(groups).tolist()) == list(range(6))
-    assert [Fake.dar[g].tolist() for g in groups] == [[0.1, 0.2], [0.3, 0.5], [0.7, 0.9]]
-    with pytest.raises(ValueError, match="groups: expected an int >= 2"):
-        exp.dar_groups(Fake(), 1)
-
-
 def _metrics(in_mm, cross_mm, low_mm, high_mm):
     dar = {"low_dar": {"mpjpe_mm": low_mm, "dar_range": [0.1, 0.3]},
            "high_dar": {"mpjpe_mm": high_mm, "dar_range": [0.5, 0.9]}}

@@ -18,21 +18,6 @@ def _lifter(seed=0):
     return build_lifter("mlp", hidden=16, num_blocks=1).eval()
 
 
-def test_fixed_subset_is_seeded_sorted_and_bounded(train_set):
-    a, b = exp.fixed_subset(train_set, 50, seed=3), exp.fixed_subset(train_set, 50, seed=3)
-    assert len(a) == 50 and torch.equal(a.inputs, b.inputs)
-    assert not torch.equal(a.inputs, exp.fixed_subset(train_set, 50, seed=4).inputs)
-    assert exp.fixed_subset(train_set, 10 ** 9, seed=0) is train_set
-    with pytest.raises(ValueError, match="size: expected an int >= 1"):
-        exp.fixed_subset(train_set, 0, seed=0)
-
-
-def test_dar_thirds_are_the_extreme_thirds(train_set):
-    thirds = exp.dar_thirds(train_set)
-    assert abs(len(thirds["low_dar"]) - len(train_set) / 3) <= 1
-    assert float(thirds["low_dar"].dar.max()) <= float(thirds["high_dar"].dar.min())
-
-
 def test_finetune_conflict_descends_its_own_subset_and_leaves_the_model(train_set):
     model = _lifter()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -41,14 +26,6 @@ def test_finetune_conflict_descends_its_own_subset_and_leaves_the_model(train_se
     assert set(out) == set(subsets) and all(set(v) == set(subsets) for v in out.values())
     assert out["low_dar"]["low_dar"] < 0 and out["high_dar"]["high_dar"] < 0  # each descends its own loss
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_mean_image_extent_known_answer(train_set):
-    data = train_set.subset(torch.arange(2))
-    data.inputs[:] = 0.0
-    data.inputs[0, 1] = torch.tensor([0.5, 0.2])  # extent 0.5
-    data.inputs[1, 1] = torch.tensor([0.1, -0.3])  # extent 0.3
-    assert exp.mean_image_extent(data) == pytest.approx(0.4)
 
 
 def test_predictions_along_starts_at_the_model_and_leaves_it_unchanged(train_set):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from poselab.data import lifting as L
 from poselab.data import mocap
 from poselab.data.cameras import make_rig, pixels_to_normalized
 from poselab.data.lifting import (
@@ -353,3 +354,42 @@ def test_cmu31_root_is_zero_and_zero_length_joints_sit_on_it(cmu_splits):
 def test_unknown_layout_raises_naming_the_choices():
     with pytest.raises(ValueError, match=r"layout.*'h36m17', 'cmu31'"):
         build_lifting_splits("fast", layout="h36m32")
+
+
+@pytest.fixture(scope="module")
+def fast_train():
+    return build_lifting_splits("fast")["train"]
+
+
+def test_dar_groups_partition_the_samples_in_increasing_dar():
+    class Fake:
+        dar = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2], dtype=torch.float64)
+
+    groups = L.dar_groups(Fake(), 3)
+    assert sorted(torch.cat(groups).tolist()) == list(range(6))
+    assert [Fake.dar[g].tolist() for g in groups] == [[0.1, 0.2], [0.3, 0.5], [0.7, 0.9]]
+    with pytest.raises(ValueError, match="groups: expected an int >= 2"):
+        L.dar_groups(Fake(), 1)
+
+
+def test_fixed_subset_is_seeded_sorted_and_bounded(fast_train):
+    a, b = L.fixed_subset(fast_train, 50, seed=3), L.fixed_subset(fast_train, 50, seed=3)
+    assert len(a) == 50 and torch.equal(a.inputs, b.inputs)
+    assert not torch.equal(a.inputs, L.fixed_subset(fast_train, 50, seed=4).inputs)
+    assert L.fixed_subset(fast_train, 10 ** 9, seed=0) is fast_train
+    with pytest.raises(ValueError, match="size: expected an int >= 1"):
+        L.fixed_subset(fast_train, 0, seed=0)
+
+
+def test_dar_thirds_are_the_extreme_thirds(fast_train):
+    thirds = L.dar_thirds(fast_train)
+    assert abs(len(thirds["low_dar"]) - len(fast_train) / 3) <= 1
+    assert float(thirds["low_dar"].dar.max()) <= float(thirds["high_dar"].dar.min())
+
+
+def test_mean_image_extent_known_answer(fast_train):
+    data = fast_train.subset(torch.arange(2))
+    data.inputs[:] = 0.0
+    data.inputs[0, 1] = torch.tensor([0.5, 0.2])  # extent 0.5
+    data.inputs[1, 1] = torch.tensor([0.1, -0.3])  # extent 0.3
+    assert L.mean_image_extent(data) == pytest.approx(0.4)

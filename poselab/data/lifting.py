@@ -27,6 +27,10 @@ from poselab.data.skeleton import LAYOUTS
 from poselab.data.cameras import Cameras, gaussian_noise, make_rig, normalized_to_pixels, pixels_to_normalized
 
 __all__ = [
+    "dar_groups",
+    "dar_thirds",
+    "fixed_subset",
+    "mean_image_extent",
     "DOMAINS",
     "SPLIT_SUBJECTS",
     "SPLIT_RIGS",
@@ -454,3 +458,36 @@ def _build(stride: int, seed: int, train_noise, test_noise, cross_views: int, la
             paired=paired, noise_px=noise[domain], generator=gens[domain],
         )
     return out
+
+
+# ------------------------------------------------------------------------------- selections
+
+
+def dar_groups(dataset: LiftingSet, groups: int = 3) -> list[torch.Tensor]:
+    """Split a dataset's samples into ``groups`` equal-size groups of increasing DAR (index tensors)."""
+    if groups < 2:
+        raise ValueError(f"groups: expected an int >= 2, got {groups!r}")
+    order = torch.argsort(dataset.dar)
+    return list(torch.tensor_split(order, groups))
+
+
+def fixed_subset(dataset: LiftingSet, size: int, seed: int) -> LiftingSet:
+    """``size`` samples of ``dataset`` drawn without replacement with ``seed`` (all of it if smaller)."""
+    if size < 1:
+        raise ValueError(f"size: expected an int >= 1, got {size!r}")
+    if size >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.subset(order[:size].sort().values)
+
+
+def dar_thirds(dataset: LiftingSet) -> dict[str, LiftingSet]:
+    """The lowest- and highest-DAR thirds of ``dataset``: ``{"low_dar": ..., "high_dar": ...}``."""
+    groups = dar_groups(dataset, 3)
+    return {"low_dar": dataset.subset(groups[0]), "high_dar": dataset.subset(groups[-1])}
+
+
+def mean_image_extent(dataset: LiftingSet) -> float:
+    """Mean over samples of the larger side of the 2D pose's bounding box (normalised screen units)."""
+    span = dataset.inputs.amax(dim=1) - dataset.inputs.amin(dim=1)  # (N, 2)
+    return float(span.amax(dim=-1).mean())

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from poselab.checks import check_profile, resolve_device, seed_everything
-from poselab.data.lifting import build_lifting_splits
+from poselab.data.lifting import build_lifting_splits, dar_groups
 from poselab.evaluation import lifting_metrics, predict
 from poselab.models.lifting import build_lifter
 from poselab.results import Claim, Results
@@ -31,14 +31,6 @@ SIMPLE_BASELINE_MPJPE_MM = 45.5
 
 GAP_THRESHOLD = 1.2
 """The gap claim holds when cross-domain MPJPE exceeds in-domain MPJPE by more than 20 %."""
-
-
-def dar_groups(dataset, groups: int = 3) -> list[torch.Tensor]:
-    """Split a dataset's samples into ``groups`` equal-size groups of increasing DAR (index tensors)."""
-    if groups < 2:
-        raise ValueError(f"groups: expected an int >= 2, got {groups!r}")
-    order = torch.argsort(dataset.dar)
-    return list(torch.tensor_split(order, groups))
 
 
 def metrics_by_dar(pred: torch.Tensor, dataset, groups: int = 3) -> dict[str, dict]:

@@ -25,17 +25,13 @@ import torch
 from poselab import landscape
 from poselab.bench import training_step_seconds
 from poselab.checks import check_profile, resolve_device, seed_everything
-from poselab.data.lifting import build_lifting_splits
+from poselab.data.lifting import build_lifting_splits, dar_thirds, fixed_subset, mean_image_extent
 from poselab.data.skeleton import H36M17
 from poselab.evaluation import lifting_metrics, predict
-from poselab.experiments.landscapes import _dar_note, dar_thirds, fixed_subset, mean_image_extent
 from poselab.methods.flat_ensemble import FlatEnsemble, ensemble_loss, head_deviation
-from poselab.models.lifting import LIFTERS, build_lifter
+from poselab.models.lifting import LIFTERS, SMALL_SIZES, build_lifter
 from poselab.results import Claim, Results
 from poselab.train import train_model
-
-SMALL_SIZES = {"mlp": dict(hidden=128, num_blocks=1), "cnn": dict(channels=128, num_blocks=1),
-               "gcn": dict(hidden=32, num_blocks=2), "transformer": dict(dim=32, depth=2, heads=4, ff_dim=64)}
 
 CONFIGS = {
     "fast": dict(backbones=LIFTERS, sizes=SMALL_SIZES, heads=(1, 2), scale_hidden=32, epochs=6, batch_size=256,
@@ -372,7 +368,7 @@ def _claims(m: dict, backbones) -> list[Claim]:
         "qualitative: high-DAR poses exhibit extremely steep and unstable loss landscapes",
         f"{dar['high_dar']:.3g} (high) vs {dar['low_dar']:.3g} (low)",
         dar_holds,
-        _dar_note(dar_holds, m.get("image_extent", {}))))
+        landscape.dar_curvature_note(dar_holds, m.get("image_extent", {}))))
     cost_holds = all(c <= COST_THRESHOLD for c in cost)
     heavy = [b for b, c, p in zip(bb, cost, params) if c > COST_THRESHOLD]
     claims.append(Claim(

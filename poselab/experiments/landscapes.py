@@ -26,9 +26,8 @@ from torch.func import functional_call
 
 from poselab import landscape
 from poselab.checks import check_profile, resolve_device, seed_everything
-from poselab.data.lifting import LiftingSet, build_lifting_splits
+from poselab.data.lifting import LiftingSet, build_lifting_splits, dar_thirds, fixed_subset, mean_image_extent
 from poselab.evaluation import lifting_metrics, predict
-from poselab.experiments.data import dar_groups
 from poselab.models.lifting import build_lifter
 from poselab.results import Claim, Results
 from poselab.train import mpjpe_loss, train_model
@@ -71,22 +70,6 @@ def train_lifter(splits: dict, cfg: dict, seed: int, device, progress: bool, che
     return model, history
 
 
-def fixed_subset(dataset: LiftingSet, size: int, seed: int) -> LiftingSet:
-    """``size`` samples of ``dataset`` drawn without replacement with ``seed`` (all of it if smaller)."""
-    if size < 1:
-        raise ValueError(f"size: expected an int >= 1, got {size!r}")
-    if size >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.subset(order[:size].sort().values)
-
-
-def dar_thirds(dataset: LiftingSet) -> dict[str, LiftingSet]:
-    """The lowest- and highest-DAR thirds of ``dataset``: ``{"low_dar": ..., "high_dar": ...}``."""
-    groups = dar_groups(dataset, 3)
-    return {"low_dar": dataset.subset(groups[0]), "high_dar": dataset.subset(groups[-1])}
-
-
 def finetune_conflict(model: torch.nn.Module, subsets: dict[str, LiftingSet], *, epochs: int, lr: float,
                       batch_size: int, seed: int) -> dict[str, dict[str, float]]:
     """Fine-tune a copy of ``model`` on each sub-loss alone and measure every sub-loss after it.
@@ -115,12 +98,6 @@ def finetune_conflict(model: torch.nn.Module, subsets: dict[str, LiftingSet], *,
                 opt.step()
         out[name] = {other: 1000.0 * landscape.dataset_loss(tuned, d) - before[other] for other, d in subsets.items()}
     return out
-
-
-def mean_image_extent(dataset: LiftingSet) -> float:
-    """Mean over samples of the larger side of the 2D pose's bounding box (normalised screen units)."""
-    span = dataset.inputs.amax(dim=1) - dataset.inputs.amin(dim=1)  # (N, 2)
-    return float(span.amax(dim=-1).mean())
 
 
 @torch.no_grad()
@@ -219,18 +196,6 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
                               "directions": (dx, dy), "landscape_set": land, "splits": splits, "config": cfg})
 
 
-def _dar_note(holds: bool, extent: dict) -> str:
-    """The likely reason when the high-DAR third is not the steeper one."""
-    if holds:
-        return ""
-    if extent and extent["low_dar"] > extent["high_dar"]:
-        return ("lambda_max also grows with the size of the network's inputs, and the low-DAR poses are spread "
-                f"wider in the image (mean 2D extent {extent['low_dar']:.2f} vs {extent['high_dar']:.2f} screen "
-                "units): input scale, not only ambiguity, sets the curvature here")
-    return ("the ambiguity of a pose shows in its error (chapter 0) more than in the curvature of the training loss "
-            "around a solution fitted to all poses at once")
-
-
 def _claims(m: dict) -> list[Claim]:
     lam = m["lambda_max"]
     low, high = lam["low_dar"]["value"], lam["high_dar"]["value"]
@@ -254,7 +219,7 @@ def _claims(m: dict) -> list[Claim]:
               f"lambda_max {high:.3g} (high DAR) vs {low:.3g} (low DAR); loss rise along the same direction "
               f"{rise_high:.0f} vs {rise_low:.0f} mm",
               dar_holds,
-              _dar_note(dar_holds, extent)),
+              landscape.dar_curvature_note(dar_holds, extent)),
         Claim("sub_losses_conflict",
               "The loss is a mix of sub-losses of differing ambiguity with different minima (holds here if "
               "fine-tuning on the low-DAR third alone raises the high-DAR third's loss, and vice versa)",

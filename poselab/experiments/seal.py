@@ -27,13 +27,11 @@ import torch
 
 from poselab import metrics as M
 from poselab.checks import check_profile, resolve_device, seed_everything
-from poselab.data.lifting import build_lifting_splits
+from poselab.data.lifting import build_lifting_splits, fixed_subset
 from poselab.data.skeleton import LAYOUTS
 from poselab.evaluation import lifting_metrics, predict, structure_ratios
-from poselab.experiments.flat_ensembles import SMALL_SIZES
-from poselab.experiments.landscapes import fixed_subset
 from poselab.methods import seal
-from poselab.models.lifting import build_lifter
+from poselab.models.lifting import SMALL_SIZES, build_lifter
 from poselab.results import Claim, Results
 from poselab.train import train_model
 

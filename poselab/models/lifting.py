@@ -73,6 +73,7 @@ __all__ = [
     "build_lifter",
     "skeleton_adjacency",
     "check_keypoints",
+    "SMALL_SIZES",
 ]
 
 LIFTERS = ("mlp", "cnn", "gcn", "transformer")
@@ -488,6 +489,11 @@ _REGISTRY: dict[str, type[Lifter]] = {
     "gcn": GCNLifter,
     "transformer": TransformerLifter,
 }
+
+
+SMALL_SIZES = {"mlp": dict(hidden=128, num_blocks=1), "cnn": dict(channels=128, num_blocks=1),
+               "gcn": dict(hidden=32, num_blocks=2), "transformer": dict(dim=32, depth=2, heads=4, ff_dim=64)}
+"""Reduced sizes of every lifter (``build_lifter(name, **SMALL_SIZES[name])``) for the ``fast`` profile."""
 
 
 def build_lifter(name: str, num_joints: int = 17, **kwargs) -> Lifter:
