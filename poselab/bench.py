@@ -388,7 +388,7 @@ def bench_hamipose_step(device: str | torch.device, repeats: int, size: int = 64
 
     from poselab.data.augment import augment
     from poselab.methods.hamipose import HamiPoseConfig, KeypointMetric, ema_update, hamipose_step
-    from poselab.methods.ssl_collapse import joints_mse_loss, masked_mse_loss, supervised_targets, teacher_targets
+    from poselab.heatmap_learning import joints_mse_loss, masked_mse_loss, supervised_targets, teacher_targets
     from poselab.models.heatmap import build_heatmap_net
     from poselab.optim import build_optimizer
 

@@ -26,7 +26,6 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

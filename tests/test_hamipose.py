@@ -28,7 +28,7 @@ from poselab.methods.hamipose import (
     teacher_confidence,
     train_hamipose,
 )
-from poselab.methods.ssl_collapse import joints_mse_loss, masked_mse_loss
+from poselab.heatmap_learning import joints_mse_loss, masked_mse_loss
 from poselab.models.heatmap import HeatmapNet
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")

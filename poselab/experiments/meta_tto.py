@@ -30,8 +30,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from poselab.checks import check_profile, resolve_device, seed_everything
 from poselab.data.body import body_model
 from poselab.data.images import render_image_set

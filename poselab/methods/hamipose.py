@@ -83,7 +83,7 @@ Choices (our reading of the paper; the chapter discusses them):
 * **Views.** Source images get ``source_aug``; the teacher sees ``teacher_aug`` of a target image
   and the student ``student_aug`` of the same image (geometry of :data:`EASY` plus RandAugment,
   :data:`STUDENT`); the teacher's heatmaps are warped into the student's frame and pixels with no
-  teacher value are left out of ``L_t`` (:func:`poselab.methods.ssl_collapse.teacher_targets`).
+  teacher value are left out of ``L_t`` (:func:`poselab.heatmap_learning.teacher_targets`).
 * **Reported loss** is ``L_s + lambda L_t``; the filtered gradient is not the gradient of any
   scalar, so no other loss is defined.
 * **Random streams.** :func:`train_hamipose` draws the batch indices, the source augmentations and
@@ -116,8 +116,8 @@ from poselab import optim as O
 from poselab.checkpoint import check_checkpoint_path, data_sha256
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import EASY, AugmentConfig, augment
-from poselab.methods.ssl_collapse import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
-                                          supervised_targets, teacher_targets)
+from poselab.heatmap_learning import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
+                                      supervised_targets, teacher_targets)
 from poselab.engine import History, Streams, Task, fit
 from poselab.engine import log_points as training_log_points
 
@@ -986,7 +986,7 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
             to ``device``.
         config: :class:`HamiPoseConfig`.
         eval_sets: ``{name: (images,)}`` or ``{name: (images, keypoints, visible)}`` evaluated on
-            the student with :func:`~poselab.methods.ssl_collapse.evaluate_heatmaps` at step 0
+            the student with :func:`~poselab.heatmap_learning.evaluate_heatmaps` at step 0
             and every record: keys ``"{name}/response"``, ``"{name}/pck@0.05"``, ``"{name}/pck@0.1"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         seed: seeds three CPU generators (with ``3 seed``, ``3 seed + 1``, ``3 seed + 2``): batch

@@ -58,7 +58,6 @@ Choices (our reading of the paper):
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
