@@ -271,7 +271,7 @@ def bench_rendering(device: str | torch.device, repeats: int, count: int = 32,
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
     device = resolve_device(device)
-    clips = images.split_clips("train")
+    clips = images.image_split_clips("train")
     body = body_model(device)
     out: dict[str, float] = {}
     for size in sizes:

@@ -15,7 +15,7 @@ from poselab.data.body import (
     PHENOTYPES,
     REGIONS,
     BodyOutput,
-    Skeleton,
+    PosedSkeleton,
     body_model,
     bvh_in_anny_frame,
     bvh_to_anny_axes,
@@ -471,7 +471,7 @@ def _clip_poses(bm, clips, n, seed):
 
 
 def _skeleton_error(out, sk):
-    return max(float((getattr(out, k) - getattr(sk, k)).abs().max()) for k in Skeleton._fields)
+    return max(float((getattr(out, k) - getattr(sk, k)).abs().max()) for k in PosedSkeleton._fields)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
@@ -482,7 +482,7 @@ def test_skeleton_matches_forward_on_clips(clips, dtype, tol):
         out = bm(pose, ph)
         sk = bm.skeleton(pose, ph)
         sk34 = bm.skeleton(pose[:, :, :3], ph)
-    assert isinstance(sk, Skeleton) and sk.joints.dtype == dtype
+    assert isinstance(sk, PosedSkeleton) and sk.joints.dtype == dtype
     assert sk.joints.shape == (12, 17, 3) and sk.bone_heads.shape == sk.bone_tails.shape == (12, 31, 3)
     assert _skeleton_error(out, sk) < tol  # measured 5e-7 (float32), 1e-15 (float64)
     for a, b in zip(sk, sk34):  # only the top 3x4 block is read
@@ -596,7 +596,7 @@ def test_skeleton_vmap_over_pose_with_a_shared_body(bm, clips):
     with torch.no_grad():
         batched = bm.skeleton(pose, one.expand(4, 6))
     mapped = vmap(lambda p: bm.skeleton(p[None], one))(pose)
-    assert isinstance(mapped, Skeleton)  # a NamedTuple: a pytree that vmap can return
+    assert isinstance(mapped, PosedSkeleton)  # a NamedTuple: a pytree that vmap can return
     for a, b in zip(mapped, batched):
         torch.testing.assert_close(a[:, 0], b)
     mapped_none = vmap(lambda p, q: bm.skeleton(p[None], q).joints[0], in_dims=(0, None))(pose, one)

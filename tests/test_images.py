@@ -20,7 +20,7 @@ from poselab.data.images import (
     PersonImages,
     render_image_set,
     render_people,
-    split_clips,
+    image_split_clips,
 )
 from poselab.data.lifting import EXCLUDED_PROPORTIONS, SPLIT_SUBJECTS
 from poselab.data.render import point_visibility, rasterize, scale_intrinsics
@@ -54,7 +54,7 @@ def _gen(seed=0):
 
 @pytest.fixture(scope="module")
 def train_clips():
-    return split_clips("train")
+    return image_split_clips("train")
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +389,7 @@ def test_render_image_set_test_split_uses_held_out_subjects():
 
 
 def test_split_clips_separates_subjects():
-    train, test = split_clips("train"), split_clips("test")
+    train, test = image_split_clips("train"), image_split_clips("test")
     assert train and test
     assert {c.subject for c in test} == {2, 124} == set(SPLIT_SUBJECTS["test_in"])
     assert not {c.subject for c in train} & {c.subject for c in test}

@@ -20,7 +20,7 @@ from poselab.data.lifting import (
     depth_ambiguity_ratio,
     excluded_clips,
     make_lifting_set,
-    split_clips,
+    clips_by_split,
 )
 
 STANDING = torch.tensor(
@@ -198,7 +198,7 @@ def splits():
 
 
 def test_split_definition_by_subject():
-    clips = split_clips()
+    clips = clips_by_split()
     assert set(clips) == set(DOMAINS)
     info = {c.name: c for c in mocap.clip_index()}
     subjects = {d: {info[n].subject for n in names} for d, names in clips.items()}
@@ -235,7 +235,7 @@ def test_splits_share_no_subject_or_clip(splits):
 def test_split_sizes_follow_stride(splits):
     info = {c.name: c for c in mocap.clip_index()}
     stride = PROFILE_FRAME_STRIDE["fast"]
-    for domain, names in split_clips().items():
+    for domain, names in clips_by_split().items():
         frames = sum(math.ceil(info[n].frames / stride) for n in names)
         assert len(splits[domain]) == 4 * frames  # 4 studio views, or 4 wild cameras per frame
     assert 3000 < sum(len(ds) for ds in splits.values()) < 8000

@@ -105,7 +105,7 @@ __all__ = [
     "PHENOTYPE_RANGES",
     "BodyModel",
     "BodyOutput",
-    "Skeleton",
+    "PosedSkeleton",
     "body_model",
     "bvh_in_anny_frame",
     "bvh_to_anny_axes",
@@ -230,7 +230,7 @@ class BodyOutput:
         return BodyOutput(**{f.name: torch.cat([getattr(o, f.name) for o in outputs]) for f in fields(BodyOutput)})
 
 
-class Skeleton(NamedTuple):
+class PosedSkeleton(NamedTuple):
     """Posed skeletons without the mesh (:meth:`BodyModel.skeleton`), in the frame of the pose
     parameters' root (Anny's world frame, or a camera frame after :func:`to_camera_frame`), metres.
 
@@ -592,7 +592,7 @@ class BodyModel:
         points = torch.cat([heads, tails[:, self._head_bone : self._head_bone + 1]], dim=1)  # (B, 32, 3)
         return points[:, self._joint_index]
 
-    def skeleton(self, pose_parameters: torch.Tensor, phenotypes: torch.Tensor) -> Skeleton:
+    def skeleton(self, pose_parameters: torch.Tensor, phenotypes: torch.Tensor) -> PosedSkeleton:
         """The posed joints and bone ends of :meth:`forward`, without skinning the mesh.
 
         Forward kinematics on each body's rest skeleton, in Anny's ``local-ref`` convention (module
@@ -625,7 +625,7 @@ class BodyModel:
             Both in the model's dtype and on its device.
 
         Returns:
-            :class:`Skeleton` (metres), in the frame the root's parameter places the body in: Anny's
+            :class:`PosedSkeleton` (metres), in the frame the root's parameter places the body in: Anny's
             world frame, or a camera frame after :func:`to_camera_frame`.
         """
         self._check_pose(pose_parameters)
@@ -643,7 +643,7 @@ class BodyModel:
         G = torch.cat(rotations, dim=1)[:, self._fk_inverse]  # (B, 31, 3, 3), bone order
         bone_heads = torch.cat(heads, dim=1)[:, self._fk_inverse]
         bone_tails = bone_heads + (G @ (rest_tails - rest_heads)[..., None])[..., 0]
-        return Skeleton(self._h36m_joints(bone_heads, bone_tails), bone_heads, bone_tails)
+        return PosedSkeleton(self._h36m_joints(bone_heads, bone_tails), bone_heads, bone_tails)
 
     def pose_motion(
         self, motion: Motion, frames: torch.Tensor, phenotypes: torch.Tensor, batch_size: int = 64

@@ -58,7 +58,7 @@ __all__ = [
     "CACHE_FORMAT",
     "PersonImages",
     "cache_dir",
-    "split_clips",
+    "image_split_clips",
     "render_people",
     "render_image_set",
 ]
@@ -196,7 +196,7 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "poselab"
 
 
-def split_clips(split: str) -> list:
+def image_split_clips(split: str) -> list:
     """The clips of an image split (:data:`IMAGE_SPLITS`), short-torso clips left out.
 
     Returns:
@@ -258,7 +258,7 @@ def render_people(clips: list, count: int, look: str, size: int, generator: torc
     """Render ``count`` person crops of ``look`` from frames of ``clips`` (one batch).
 
     Args:
-        clips: ``ClipInfo`` rows to draw frames from (:func:`split_clips`).
+        clips: ``ClipInfo`` rows to draw frames from (:func:`image_split_clips`).
         count: number of images.
         look: one of :data:`LOOKS` (also the body-shape, activity and camera domain).
         size: crop side ``S`` in pixels (>= 16).
@@ -377,7 +377,7 @@ def render_image_set(split: str, look: str, count: int, size: int = 64, seed: in
         cached = _read_cache(path, key)
         if cached is not None:
             return cached
-    clips = split_clips(split)
+    clips = image_split_clips(split)
     parts = []
     bar = None
     if progress:

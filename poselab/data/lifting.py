@@ -12,7 +12,7 @@ camera rigs of :mod:`poselab.data.cameras`:
   camera per sample).
 
 Splits are by subject (hence by clip), never by frame; see :data:`SPLIT_SUBJECTS` and
-:func:`split_clips`.
+:func:`clips_by_split`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
     "LiftingSet",
     "center_poses",
     "make_lifting_set",
-    "split_clips",
+    "clips_by_split",
     "excluded_clips",
     "build_lifting_splits",
     "clear_lifting_cache",
@@ -320,7 +320,7 @@ def _usable_clips():
     return [c for c in mocap.clip_index() if c.proportions not in EXCLUDED_PROPORTIONS]
 
 
-def split_clips() -> dict[str, list[str]]:
+def clips_by_split() -> dict[str, list[str]]:
     """Clip names per split (``"train"``, ``"test_in"``, ``"test_cross"``), from ``index.csv``.
 
     Split by subject: ``SPLIT_SUBJECTS`` lists the test subjects; train takes every other
@@ -349,7 +349,7 @@ def excluded_clips() -> dict[str, str]:
     subject's clip whose activity also occurs in training."""
     from poselab.data import mocap
 
-    used = {name for names in split_clips().values() for name in names}
+    used = {name for names in clips_by_split().values() for name in names}
     return {c.name: ("short torso (data README, caveat 1)" if c.proportions in EXCLUDED_PROPORTIONS
                      else f"cross-domain subject, but its activity ({c.activity}) is in train")
             for c in mocap.clip_index() if c.name not in used}
@@ -374,7 +374,7 @@ def build_lifting_splits(
 ) -> dict[str, LiftingSet]:
     """Build the three lifting splits from the mocap clips (deterministic; cached in memory).
 
-    For every clip of a split (:func:`split_clips`), every ``frame_stride``-th frame (from
+    For every clip of a split (:func:`clips_by_split`), every ``frame_stride``-th frame (from
     frame 0) is converted to the 17-joint layout (:func:`poselab.data.mocap.motion_to_h36m`),
     centred horizontally (:func:`center_poses`) and projected:
 
@@ -430,7 +430,7 @@ def _build(stride: int, seed: int, train_noise, test_noise, cross_views: int, la
     gens = {name: torch.Generator().manual_seed(seed * 1000 + k) for k, name in enumerate(("wild", "train", "test_in", "test_cross"))}
     noise = {"train": train_noise, "test_in": test_noise, "test_cross": test_noise}
     out = {}
-    for domain, names in split_clips().items():
+    for domain, names in clips_by_split().items():
         poses, subject, clip, frame = [], [], [], []
         for k, name in enumerate(names):
             motion = mocap.load_clip(name)
