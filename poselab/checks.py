@@ -227,3 +227,38 @@ def check_like_model(arg: str, x: torch.Tensor, like: torch.Tensor, name: str = 
         )
     if x.device != like.device:
         raise ValueError(f"{arg}: on device {x.device} but the model is on {like.device}; move one of them")
+
+
+def check_float_tensor(arg: str, x: Any, shape: Sequence[int | str | None] | None = None) -> torch.Tensor:
+    """``x`` if it is a floating-point ``torch.Tensor`` (of ``shape``, as :func:`check_shape` reads it);
+    ``TypeError`` (``ValueError`` for the shape) naming ``arg`` otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{arg}: expected a torch.Tensor (floating point), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{arg}: expected a floating-point tensor, got dtype {x.dtype}")
+    if shape is not None:
+        check_shape(arg, x, shape)
+    return x
+
+
+def check_size_pair(arg: str, size: Any) -> tuple[int, int]:
+    """``(H, W)`` if ``size`` is a pair (tuple, list or ``torch.Size``) of ints >= 1, else an error naming ``arg``."""
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"{arg}: expected (H, W), a pair of ints >= 1, got {size!r}")
+    return check_int(f"{arg}[0]", size[0], 1), check_int(f"{arg}[1]", size[1], 1)
+
+
+def check_generator(generator: Any, arg: str = "generator", *, cpu: bool = False) -> torch.Generator | None:
+    """``generator`` if it is ``None`` or a ``torch.Generator`` (on the CPU, with ``cpu``); ``TypeError`` otherwise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{arg}: expected a torch.Generator or None, got {type(generator).__name__}")
+    if cpu and generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"{arg}: expected a CPU generator (draws are made on the CPU), got one on {generator.device}")
+    return generator
+
+
+def check_probability(arg: str, value: Any) -> float:
+    """``value`` as a float if it is a number in ``[0, 1)`` (a dropout rate), else ``ValueError`` naming ``arg``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{arg}: expected a probability in [0, 1), got {value!r}")
+    return float(value)

@@ -59,7 +59,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from poselab.checks import check_choice, check_int
+from poselab.checks import check_choice, check_generator, check_int
 from poselab.train import _as_tensors, mpjpe_loss
 
 __all__ = [
@@ -124,16 +124,6 @@ def _check_tol(tol: Any) -> float:
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"tol: expected a finite number > 0 (relative tolerance), got {tol!r}")
     return float(tol)
-
-
-def _check_generator(generator: Any) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(
-            f"generator: expected a CPU generator (draws are made on the CPU), got one on {generator.device}"
-        )
-    return generator
 
 
 def _check_direction(arg: str, direction: Any, reference: Direction) -> Direction:
@@ -339,7 +329,7 @@ def random_direction(
     params = _check_model("model", model)
     check_choice("normalization", normalization, NORMALIZATIONS)
     check_choice("one_d", one_d, ONE_D)
-    generator = _check_generator(generator)
+    generator = check_generator(generator, cpu=True)
     direction: Direction = {}
     for name, w in params.items():
         draw_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
@@ -414,10 +404,6 @@ def _draw_like(params: Direction, generator: torch.Generator | None, kind: str) 
 # ----------------------------------------------------------------- slices of the loss
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    return check_int("batch_size", batch_size, 1)
-
-
 def dataset_loss(
     model: nn.Module,
     data: Any,
@@ -439,7 +425,7 @@ def dataset_loss(
     """
     theta = _check_model("model", model)
     loss_fn = _check_loss_fn(loss_fn)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     at = theta if params is None else _check_direction("params", params, theta)
     inputs, targets = _data_on(_model_device(theta), data)
     objective = _Objective(model, loss_fn)
@@ -467,7 +453,7 @@ def loss_along_line(
     direction = _check_direction("direction", direction, theta)
     alphas = _check_alphas("alphas", alphas)
     loss_fn = _check_loss_fn(loss_fn)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     inputs, targets = _data_on(_model_device(theta), data)
     objective = _Objective(model, loss_fn)
     out = torch.empty(len(alphas), dtype=torch.float64)
@@ -504,7 +490,7 @@ def loss_surface(
     alphas = _check_alphas("alphas", alphas)
     betas = _check_alphas("betas", betas)
     loss_fn = _check_loss_fn(loss_fn)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     inputs, targets = _data_on(_model_device(theta), data)
     objective = _Objective(model, loss_fn)
     out = torch.empty(len(alphas), len(betas), dtype=torch.float64)
@@ -542,7 +528,7 @@ def interpolate_models(
     _check_model("model_b", model_b)
     alphas = _check_alphas("alphas", alphas)
     loss_fn = _check_loss_fn(loss_fn)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     tensors_a: dict[str, torch.Tensor] = {}
     tensors_b: dict[str, torch.Tensor] = {}
     for kind, items_a, items_b in (
@@ -721,7 +707,7 @@ def top_hessian_eigenvalues(
     check_int("k", k, 1)
     tol = _check_tol(tol)
     check_int("max_iter", max_iter, 1)
-    generator = _check_generator(generator)
+    generator = check_generator(generator, cpu=True)
     hessian = _Hessian(model, batches, loss_fn)
     total = sum(p.numel() for p in hessian.params.values())
     if k > total:
@@ -763,7 +749,7 @@ def hessian_trace(
     ``E[z . H z] = tr H``; the standard error is the sample standard deviation / sqrt(n).
     """
     check_int("num_samples", num_samples, 2)
-    generator = _check_generator(generator)
+    generator = check_generator(generator, cpu=True)
     hessian = _Hessian(model, batches, loss_fn)
     values = []
     with _eval_mode(model):
@@ -787,7 +773,7 @@ def sample_batches(
     inputs, targets = _as_tensors("data", data)
     check_int("num_batches", num_batches, 1)
     check_int("batch_size", batch_size, 1)
-    generator = _check_generator(generator)
+    generator = check_generator(generator, cpu=True)
     n, need = inputs.shape[0], num_batches * batch_size
     if need > n:
         raise ValueError(

@@ -176,3 +176,40 @@ def test_check_positive_number():
     for bad in (0, -1.0, np.float32("nan"), torch.tensor(float("inf")), True, np.array([1.0]), "1", 10**400):
         with pytest.raises(ValueError, match="alpha: expected a finite number > 0"):
             check_positive_number("alpha", bad)
+
+
+def test_check_float_tensor_names_the_argument_and_checks_the_shape():
+    from poselab.checks import check_float_tensor
+
+    x = torch.zeros(2, 3)
+    assert check_float_tensor("x", x, ("B", 3)) is x
+    with pytest.raises(TypeError, match=r"x: expected a torch.Tensor \(floating point\), got list"):
+        check_float_tensor("x", [0.0])
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor, got dtype torch.int64"):
+        check_float_tensor("x", torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="x"):
+        check_float_tensor("x", x, ("B", 4))
+
+
+@pytest.mark.parametrize("size, error, says", [((4, 0), ValueError, r"size\[1\]: expected an int >= 1"),
+                                                (4, ValueError, r"size: expected \(H, W\)"),
+                                                ((4.0, 2), TypeError, r"size\[0\]: expected an int")])
+def test_check_size_pair(size, error, says):
+    from poselab.checks import check_size_pair
+
+    assert check_size_pair("size", torch.Size([3, 5])) == (3, 5)
+    with pytest.raises(error, match=says):
+        check_size_pair("size", size)
+
+
+def test_check_generator_and_probability():
+    from poselab.checks import check_generator, check_probability
+
+    g = torch.Generator()
+    assert check_generator(g, cpu=True) is g and check_generator(None) is None
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        check_generator(3)
+    assert check_probability("dropout", 0) == 0.0
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\)"):
+            check_probability("dropout", bad)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from poselab.checks import check_choice, check_int, check_positive, check_shape
+from poselab.checks import (check_choice, check_float_tensor, check_generator, check_int, check_positive, check_shape, check_size_pair)
 
 __all__ = [
     "RANDAUGMENT_OPS",
@@ -118,25 +118,13 @@ def _random(kind: str, shape: Sequence[int], like: torch.Tensor, generator: torc
     return fn(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-
-
-def _check_float_tensor(arg: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{arg}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg}: expected a floating-point tensor, got dtype {x.dtype}")
-
-
 def _check_images(arg: str, images, channels: int | None = None) -> None:
-    _check_float_tensor(arg, images)
+    check_float_tensor(arg, images)
     check_shape(arg, images, ("B", channels, "H", "W"))
 
 
 def _check_affine(arg: str, affine, batch: str = "B") -> None:
-    _check_float_tensor(arg, affine)
+    check_float_tensor(arg, affine)
     check_shape(arg, affine, (batch, 2, 3))
 
 
@@ -145,12 +133,6 @@ def _check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"expected tensors on one device, got {desc}")
-
-
-def _check_size(arg: str, size) -> tuple[int, int]:
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise ValueError(f"{arg}: expected (H, W), a pair of ints >= 1, got {size!r}")
-    return check_int(f"{arg}[0]", size[0]), check_int(f"{arg}[1]", size[1])
 
 
 def _per_image(arg: str, value, images: torch.Tensor, *, minimum: float | None = None) -> torch.Tensor:
@@ -199,7 +181,7 @@ def make_affine(
         ``(B, 2, 3)`` maps from source pixels to output pixels, dtype/device of ``rotation_deg``.
     """
     for name, t in (("rotation_deg", rotation_deg), ("scale", scale), ("translation", translation)):
-        _check_float_tensor(name, t)
+        check_float_tensor(name, t)
     check_shape("rotation_deg", rotation_deg, ("B",))
     check_shape("scale", scale, (rotation_deg.shape[0],))
     check_shape("translation", translation, (rotation_deg.shape[0], 2))
@@ -244,7 +226,7 @@ def random_affine(
         ``(n, 2, 3)`` maps from source pixels to augmented pixels.
     """
     check_int("n", n)
-    h, w = _check_size("size", size)
+    h, w = check_size_pair("size", size)
     check_positive("rotation_deg", rotation_deg, allow_zero=True)
     check_positive("translate_frac", translate_frac, allow_zero=True)
     if not isinstance(scale_range, (tuple, list)) or len(scale_range) != 2:
@@ -252,7 +234,7 @@ def random_affine(
     lo, hi = (check_positive(f"scale_range[{i}]", s) for i, s in enumerate(scale_range))
     if lo > hi:
         raise ValueError(f"scale_range: expected low <= high, got {scale_range!r}")
-    _check_generator(generator)
+    check_generator(generator)
     like = torch.empty(0, device=device, dtype=dtype)
     u = _random("rand", (n, 4), like, generator)
     angle = (2 * u[:, 0] - 1) * rotation_deg
@@ -295,7 +277,7 @@ def relative_affine(a_from: torch.Tensor, a_to: torch.Tensor) -> torch.Tensor:
 
 def transform_points(points: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     """Apply ``(B, 2, 3)`` affine maps to ``(B, K, 2)`` pixel coordinates; returns ``(B, K, 2)`` pixels."""
-    _check_float_tensor("points", points)
+    check_float_tensor("points", points)
     check_shape("points", points, ("B", None, 2))
     _check_affine("affine", affine)
     check_shape("affine", affine, (points.shape[0], 2, 3))
@@ -315,7 +297,7 @@ def _pixel_to_norm(size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
 
 
 def _output_size(out_size, images: torch.Tensor) -> tuple[int, int]:
-    return tuple(images.shape[-2:]) if out_size is None else _check_size("out_size", out_size)
+    return tuple(images.shape[-2:]) if out_size is None else check_size_pair("out_size", out_size)
 
 
 def warp_images(
@@ -363,8 +345,8 @@ def warp_valid_mask(affine: torch.Tensor, in_size: tuple[int, int], out_size: tu
     ``affine`` is ``(B, 2, 3)`` source pixels -> output pixels; ``out_size`` defaults to ``in_size``.
     """
     _check_affine("affine", affine)
-    hi, wi = _check_size("in_size", in_size)
-    h, w = (hi, wi) if out_size is None else _check_size("out_size", out_size)
+    hi, wi = check_size_pair("in_size", in_size)
+    h, w = (hi, wi) if out_size is None else check_size_pair("out_size", out_size)
     inv = invert_affine(affine)
     v, u = torch.meshgrid(
         torch.arange(h, device=affine.device, dtype=affine.dtype),
@@ -549,7 +531,7 @@ def gaussian_blur(images: torch.Tensor, sigma, max_sigma: float | None = None) -
 def gaussian_noise(images: torch.Tensor, std, generator: torch.Generator | None = None) -> torch.Tensor:
     """Add pixel noise ``N(0, std²)`` (``std`` float or ``(B,)``) and clamp to [0, 1]."""
     _check_images("images", images)
-    _check_generator(generator)
+    check_generator(generator)
     s = _per_image("std", std, images, minimum=0.0)
     return (images + s * _random("randn", images.shape, images, generator)).clamp(0.0, 1.0)
 
@@ -583,7 +565,7 @@ def rand_augment(
     check_positive("magnitude", magnitude, allow_zero=True)
     if magnitude > MAX_MAGNITUDE:
         raise ValueError(f"magnitude: expected a number in [0, {MAX_MAGNITUDE}], got {magnitude!r}")
-    _check_generator(generator)
+    check_generator(generator)
     ops = tuple(ops)
     if not ops:
         raise ValueError("ops: expected at least one op name, got an empty sequence")
@@ -660,7 +642,7 @@ def joint_cutout(
         ``(B, C, H, W)`` images, or ``(images, mask)`` when ``return_mask``.
     """
     _check_images("images", images)
-    _check_float_tensor("keypoints", keypoints)
+    check_float_tensor("keypoints", keypoints)
     check_shape("keypoints", keypoints, (images.shape[0], "K", 2))
     _check_same_device(images=images, keypoints=keypoints)
     b, c, h, w = images.shape
@@ -669,7 +651,7 @@ def joint_cutout(
     if k > n_joints:
         raise ValueError(f"k: expected at most the number of joints K = {n_joints}, got {k}")
     check_positive("size_frac", size_frac)
-    _check_generator(generator)
+    check_generator(generator)
     if visible is None:
         visible = torch.ones(b, n_joints, dtype=torch.bool, device=images.device)
     else:
@@ -816,12 +798,12 @@ def augment(
     _check_images("images", images, 3)
     if not isinstance(config, AugmentConfig):
         raise TypeError(f"config: expected an AugmentConfig, got {type(config).__name__}")
-    _check_generator(generator)
+    check_generator(generator)
     if config.joint_cutout_k > 0:
         if keypoints is None:
             raise ValueError("keypoints: required (B, K, 2) pixels when config.joint_cutout_k > 0, got None")
     if keypoints is not None:
-        _check_float_tensor("keypoints", keypoints)
+        check_float_tensor("keypoints", keypoints)
         check_shape("keypoints", keypoints, (images.shape[0], None, 2))
     if visible is not None:
         if not isinstance(visible, torch.Tensor) or visible.dtype != torch.bool:

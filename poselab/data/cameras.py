@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from poselab.checks import check_choice, check_positive, check_shape
+from poselab.checks import check_choice, check_float_tensor, check_positive, check_shape
 
 __all__ = [
     "Cameras",
@@ -72,14 +72,6 @@ _WILD_FIT_HALF_EXTENT_M = 1.2  # a person spans about +-1.2 m around the look-at
 _WILD_MIN_CAMERA_HEIGHT_M = 0.3
 
 
-def _check_tensor(arg: str, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{arg}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg}: expected a floating-point tensor, got dtype {x.dtype}")
-    return x
-
-
 def _check_last_dim(arg: str, x: torch.Tensor, size: int, min_dims: int = 1) -> None:
     if x.dim() < min_dims or x.shape[-1] != size:
         dims = "(..., " + ", ".join(["*"] * (min_dims - 1) + [str(size)]) + ")"
@@ -122,7 +114,7 @@ class Cameras:
 
     def __post_init__(self) -> None:
         for name in ("R", "t", "focal", "center", "size"):
-            _check_tensor(f"Cameras.{name}", getattr(self, name))
+            check_float_tensor(f"Cameras.{name}", getattr(self, name))
         check_shape("Cameras.R", self.R, ("C", 3, 3))
         C = self.R.shape[0]
         for name, last in (("t", 3), ("focal", 2), ("center", 2), ("size", 2)):
@@ -180,7 +172,7 @@ class Cameras:
         Returns:
             ``(..., C, J, 3)`` metres, camera frames.
         """
-        _check_tensor("points", points)
+        check_float_tensor("points", points)
         _check_last_dim("points", points, 3, min_dims=2)
         R, t, _, _ = self._params_like(points)
         return torch.einsum("cab,...jb->...cja", R, points) + t[:, None, :]
@@ -193,7 +185,7 @@ class Cameras:
 
     def world_to_camera_paired(self, points: torch.Tensor) -> torch.Tensor:
         """Camera ``n`` applied to point set ``n`` only: ``(N, J, 3)`` world -> ``(N, J, 3)`` camera, ``N == C``."""
-        _check_tensor("points", points)
+        check_float_tensor("points", points)
         check_shape("points", points, (len(self), None, 3))
         R, t, _, _ = self._params_like(points)
         return torch.einsum("nab,njb->nja", R, points) + t[:, None, :]
@@ -226,7 +218,7 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up=(0.0, 1.0, 0.0), roll=0.
     Returns:
         ``R`` ``(C, 3, 3)`` (orthonormal, det +1) and ``t`` ``(C, 3)`` with ``x_cam = R @ x_world + t``.
     """
-    _check_tensor("eye", eye)
+    check_float_tensor("eye", eye)
     check_shape("eye", eye, ("C", 3))
     target = torch.as_tensor(target, dtype=eye.dtype, device=eye.device)
     if target.shape != (3,):
@@ -354,7 +346,7 @@ def project_points(points_cam: torch.Tensor, focal: torch.Tensor, center: torch.
         ``(..., 2)`` pixels.
     """
     for arg, x, n in (("points_cam", points_cam, 3), ("focal", focal, 2), ("center", center, 2)):
-        _check_tensor(arg, x)
+        check_float_tensor(arg, x)
         _check_last_dim(arg, x, n)
     return focal * points_cam[..., :2] / points_cam[..., 2:3] + center
 
@@ -369,17 +361,17 @@ def backproject(pixels: torch.Tensor, depth: torch.Tensor, focal: torch.Tensor, 
         ``(..., 3)`` metres, camera frame.
     """
     for arg, x, n in (("pixels", pixels, 2), ("focal", focal, 2), ("center", center, 2)):
-        _check_tensor(arg, x)
+        check_float_tensor(arg, x)
         _check_last_dim(arg, x, n)
-    _check_tensor("depth", depth)
+    check_float_tensor("depth", depth)
     if depth.shape != pixels.shape[:-1]:
         raise ValueError(f"depth: expected shape {tuple(pixels.shape[:-1])} (pixels without the last axis), got {tuple(depth.shape)}")
     xy = (pixels - center) / focal * depth[..., None]
     return torch.cat([xy, depth[..., None]], dim=-1)
 
 
-def _check_size(size: torch.Tensor) -> None:
-    _check_tensor("size", size)
+def _check_image_sizes(size: torch.Tensor) -> None:
+    check_float_tensor("size", size)
     _check_last_dim("size", size, 2)
     if bool((size <= 0).any()):
         raise ValueError("size: image widths and heights must be > 0")
@@ -396,9 +388,9 @@ def pixels_to_normalized(pixels: torch.Tensor, size: torch.Tensor) -> torch.Tens
     Returns:
         ``(..., 2)`` normalised coordinates.
     """
-    _check_tensor("pixels", pixels)
+    check_float_tensor("pixels", pixels)
     _check_last_dim("pixels", pixels, 2)
-    _check_size(size)
+    _check_image_sizes(size)
     size = size.to(pixels)
     w, h = size[..., 0:1], size[..., 1:2]
     return pixels / w * 2 - torch.cat([torch.ones_like(h), h / w], dim=-1)
@@ -406,9 +398,9 @@ def pixels_to_normalized(pixels: torch.Tensor, size: torch.Tensor) -> torch.Tens
 
 def normalized_to_pixels(normalized: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pixels_to_normalized`: ``(..., 2)`` normalised -> ``(..., 2)`` pixels."""
-    _check_tensor("normalized", normalized)
+    check_float_tensor("normalized", normalized)
     _check_last_dim("normalized", normalized, 2)
-    _check_size(size)
+    _check_image_sizes(size)
     size = size.to(normalized)
     w, h = size[..., 0:1], size[..., 1:2]
     return (normalized + torch.cat([torch.ones_like(h), h / w], dim=-1)) * w / 2
@@ -424,7 +416,7 @@ def gaussian_noise(keypoints: torch.Tensor, sigma: float, generator: torch.Gener
     Returns:
         ``(..., J, 2)`` noisy keypoints (a new tensor).
     """
-    _check_tensor("keypoints", keypoints)
+    check_float_tensor("keypoints", keypoints)
     _check_last_dim("keypoints", keypoints, 2, min_dims=2)
     check_positive("sigma", sigma, allow_zero=True)
     if sigma == 0:
@@ -464,7 +456,7 @@ def detector_noise(
     Returns:
         ``noisy`` ``(..., J, 2)`` and ``visible`` ``(..., J)`` bool (False = dropped).
     """
-    _check_tensor("keypoints", keypoints)
+    check_float_tensor("keypoints", keypoints)
     _check_last_dim("keypoints", keypoints, 2, min_dims=2)
     check_positive("sigma", sigma, allow_zero=True)
     check_positive("outlier_sigma", outlier_sigma, allow_zero=True)

@@ -20,12 +20,11 @@ pixels); results follow the input's device and dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from poselab.checks import check_choice, check_positive
+from poselab.checks import check_choice, check_float_tensor, check_positive, check_size_pair
 
 __all__ = [
     "DECODE_METHODS",
@@ -46,24 +45,16 @@ _LOG_FLOOR = 1e-10  # DARK's floor before taking the log of a heatmap
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_tensor(arg: str, x, shape_text: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{arg}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg}: expected a floating-point tensor of shape {shape_text}, got dtype {x.dtype}")
-    return x
-
-
 def _check_points(arg: str, x) -> torch.Tensor:
     """``x`` must be a floating tensor ``(..., 2)``."""
-    _check_tensor(arg, x, "(..., 2)")
+    check_float_tensor(arg, x)
     if x.ndim < 1 or x.shape[-1] != 2:
         raise ValueError(f"{arg}: expected pixel coordinates of shape (..., 2) (last dim = u, v), got {tuple(x.shape)}")
     return x
 
 
 def _check_heatmaps(arg: str, x) -> torch.Tensor:
-    _check_tensor(arg, x, "(B, K, h, w)")
+    check_float_tensor(arg, x)
     if x.ndim != 4 or x.numel() == 0:
         raise ValueError(f"{arg}: expected a non-empty tensor of shape (B, K, h, w), got {tuple(x.shape)}")
     return x
@@ -72,17 +63,6 @@ def _check_heatmaps(arg: str, x) -> torch.Tensor:
 def _check_stride(stride) -> float:
     check_positive("stride", stride)
     return float(stride)
-
-
-def _check_size(size) -> tuple[int, int]:
-    ok = (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)
-    )
-    if not ok:
-        raise ValueError(f"size: expected (h, w), two ints >= 1, got {size!r}")
-    return int(size[0]), int(size[1])
 
 
 # ----------------------------------------------------------------------------- pixel conventions
@@ -154,10 +134,10 @@ def gaussian_heatmaps(
     Returns:
         ``(B, K, h, w)`` heatmaps in ``[0, 1]``, dtype and device of ``keypoints``.
     """
-    _check_tensor("keypoints", keypoints, "(B, K, 2)")
+    check_float_tensor("keypoints", keypoints)
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints: expected shape (B, K, 2) in heatmap pixels, got {tuple(keypoints.shape)}")
-    h, w = _check_size(size)
+    h, w = check_size_pair("size", size)
     check_positive("sigma", sigma)
     if visible is None:
         vis = torch.ones(keypoints.shape[:2], dtype=torch.bool, device=keypoints.device)

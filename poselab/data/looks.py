@@ -45,7 +45,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from poselab.checks import check_choice, check_int, check_shape, resolve_device
+from poselab.checks import check_choice, check_int, check_shape, check_size_pair, resolve_device
 from poselab.data.body import REGIONS  # clothing regions, in the order of vertex_regions ids
 
 __all__ = [
@@ -442,13 +442,6 @@ def _check_params(params) -> LookParams:
     return params
 
 
-def _check_size(size) -> tuple[int, int]:
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
-        raise ValueError(f"size: expected (H, W), got {size!r}")
-    H, W = (check_int(f"size[{i}]", s, minimum=1) for i, s in enumerate(size))
-    return H, W
-
-
 def _check_images(arg: str, x, batch: int | str = "B", channels: int | None = 3) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{arg}: expected a torch.Tensor, got {type(x).__name__}")
@@ -635,7 +628,7 @@ def backgrounds(params: LookParams, size: Sequence[int]) -> torch.Tensor:
         and per-pixel grain.
     """
     _check_params(params)
-    H, W = _check_size(size)
+    H, W = check_size_pair("size", size)
     p = params
     B, dt = len(p), p.dtype
     x, y = _grid(H, W, p)
@@ -707,7 +700,7 @@ def occluders(params: LookParams, size: Sequence[int]) -> tuple[torch.Tensor, to
         the middle 40 % of the crop.
     """
     _check_params(params)
-    H, W = _check_size(size)
+    H, W = check_size_pair("size", size)
     p = params
     B, dt = len(p), p.dtype
     rgb = torch.zeros(B, 3, H, W, device=p.device, dtype=dt)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from poselab.checks import check_int, check_positive, check_shape
+from poselab.checks import check_int, check_positive, check_shape, check_size_pair
 
 __all__ = [
     "Fragments",
@@ -152,12 +152,6 @@ def _check_faces(faces, num_vertices: int, like: torch.Tensor) -> torch.Tensor:
         if lo < 0 or hi >= num_vertices:
             raise ValueError(f"faces: vertex indices must lie in [0, {num_vertices - 1}], got values in [{lo}, {hi}]")
     return faces.long()
-
-
-def _check_size(size) -> tuple[int, int]:
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise ValueError(f"size: expected a pair of ints (H, W), got {size!r}")
-    return check_int("size[0] (H)", size[0]), check_int("size[1] (W)", size[1])
 
 
 def _check_intrinsics(focal, center, B: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,7 +334,7 @@ def rasterize(
     B, V, _ = vertices_cam.shape
     faces = _check_faces(faces, V, vertices_cam)
     focal, center = _check_intrinsics(focal, center, B, vertices_cam)
-    H, W = _check_size(size)
+    H, W = check_size_pair("size", size)
     check_positive("near", near)
     if not isinstance(cull_backfaces, bool):
         raise TypeError(f"cull_backfaces: expected a bool, got {type(cull_backfaces).__name__}")
@@ -638,7 +632,7 @@ def render_mesh(
         the fragments at the rendered resolution).
     """
     s = check_int("supersample", supersample)
-    H, W = _check_size(size)
+    H, W = check_size_pair("size", size)
     _check_float_tensor("vertices_cam", vertices_cam)
     check_shape("vertices_cam", vertices_cam, ("B", None, 3))
     B = vertices_cam.shape[0]

@@ -114,7 +114,7 @@ from torch import nn
 
 from poselab import optim as O
 from poselab.checkpoint import check_checkpoint_path, data_sha256
-from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
+from poselab.checks import check_choice, check_float_tensor, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import EASY, AugmentConfig, augment
 from poselab.heatmap_learning import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
                                       supervised_targets, teacher_targets)
@@ -306,13 +306,6 @@ class UDAData:
 # ------------------------------------------------------------------------------- decomposition
 
 
-def _check_tensor(arg: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{arg}: expected a floating-point torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg}: expected a floating-point torch.Tensor, got dtype {x.dtype}")
-
-
 def _final_slices(final: nn.Module) -> torch.Tensor:
     """``(K, C + 1)`` parameters of a ``1x1`` convolution, per output channel: weight row, then bias."""
     if (not isinstance(final, nn.Conv2d) or final.kernel_size != (1, 1) or final.groups != 1 or final.bias is None):
@@ -336,8 +329,8 @@ def pull_back(grad_out: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(K, C + 1)``: per keypoint, the weight part (``C``) then the bias part.
     """
-    _check_tensor("grad_out", grad_out)
-    _check_tensor("features", features)
+    check_float_tensor("grad_out", grad_out)
+    check_float_tensor("features", features)
     check_shape("grad_out", grad_out, ("B", "K", "h", "w"))
     b, _, h, w = grad_out.shape
     check_shape("features", features, (b, "C", h, w))
@@ -430,7 +423,7 @@ def decompose(gs_hat: torch.Tensor, gt_hat: torch.Tensor, inv_metric: torch.Tens
     """
     check_choice("mode", mode, DECOMPOSITIONS[1:])
     for arg, x in (("gs_hat", gs_hat), ("gt_hat", gt_hat), ("inv_metric", inv_metric)):
-        _check_tensor(arg, x)
+        check_float_tensor(arg, x)
     check_shape("gs_hat", gs_hat, ("K", "P"))
     check_shape("gt_hat", gt_hat, tuple(gs_hat.shape))
     check_shape("inv_metric", inv_metric, (gs_hat.shape[0],))
@@ -479,11 +472,11 @@ def gate(rho: torch.Tensor, confidence: torch.Tensor | None, gamma: float) -> to
     Returns:
         ``(K,)`` in [0, 1] (NaN where ``rho`` is NaN).
     """
-    _check_tensor("rho", rho)
+    check_float_tensor("rho", rho)
     check_shape("rho", rho, ("K",))
     check_positive("gamma", gamma, allow_zero=True)
     if confidence is not None:
-        _check_tensor("confidence", confidence)
+        check_float_tensor("confidence", confidence)
         check_shape("confidence", confidence, tuple(rho.shape))
         if not bool(((confidence >= 0) & (confidence <= 1)).all()):
             raise ValueError(f"confidence: expected values in [0, 1], got {confidence.tolist()}")
@@ -508,7 +501,7 @@ def teacher_confidence(heatmaps: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(K,)``.
     """
-    _check_tensor("heatmaps", heatmaps)
+    check_float_tensor("heatmaps", heatmaps)
     check_shape("heatmaps", heatmaps, ("B", "K", None, None))
     return heatmaps.detach().amax(dim=(-2, -1)).mean(dim=0).clamp(0.0, 1.0)
 
@@ -538,13 +531,13 @@ def output_gradients(grad_source: torch.Tensor, grad_target: torch.Tensor, a: to
     Returns:
         ``(Bs + Bt, K, h, w)``, source rows first.
     """
-    _check_tensor("grad_source", grad_source)
-    _check_tensor("grad_target", grad_target)
+    check_float_tensor("grad_source", grad_source)
+    check_float_tensor("grad_target", grad_target)
     check_shape("grad_source", grad_source, (None, "K", "h", "w"))
     k, h, w = grad_source.shape[1:]
     check_shape("grad_target", grad_target, (None, k, h, w))
-    _check_tensor("a", a)
-    _check_tensor("phi", phi)
+    check_float_tensor("a", a)
+    check_float_tensor("phi", phi)
     check_shape("a", a, (k,))
     check_shape("phi", phi, (k,))
     check_positive("target_weight", target_weight, allow_zero=True)
@@ -612,10 +605,10 @@ def combine_gradients(grad_source: torch.Tensor, grad_target: torch.Tensor, feat
     check_shape("grad_target", grad_target, (None, *grad_source.shape[1:]))
     check_shape("features_target", features_target, (None, features_source.shape[1], None, None))
     k = gs_hat.shape[0]
-    _check_tensor("inv_metric", inv_metric)
+    check_float_tensor("inv_metric", inv_metric)
     check_shape("inv_metric", inv_metric, (k,))
     if confidence is not None:
-        _check_tensor("confidence", confidence)
+        check_float_tensor("confidence", confidence)
         check_shape("confidence", confidence, (k,))
     check_positive("gamma", gamma, allow_zero=True)
     check_positive("target_weight", target_weight, allow_zero=True)

@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from poselab.checks import check_choice, check_int, check_like_model, check_positive, resolve_device
+from poselab.checks import check_choice, check_int, check_like_model, check_positive, check_probability, resolve_device
 from poselab.evaluation import predict
 from poselab.models.lifting import LIFTERS, check_keypoints
 from poselab.train import History, _as_tensors, train_model
@@ -127,12 +127,6 @@ def paper_energy_config(task_net: str) -> dict:
 # ----------------------------------------------------------------------------- the loss-net
 
 
-def _check_dropout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"dropout: expected a probability in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_poses(arg: str, y: Any, num_joints: int | None = None, like: torch.Tensor | None = None) -> None:
     """Raise unless ``y`` is a floating tensor ``(B, J, 3)`` (``J = num_joints`` if given), with
     the dtype and device of ``like`` if given."""
@@ -189,7 +183,7 @@ class EnergyNet(nn.Module):
         self.num_joints = check_int("num_joints", num_joints)
         self.hidden = check_int("hidden", hidden)
         self.num_blocks = check_int("num_blocks", num_blocks, minimum=0)
-        self.dropout = _check_dropout(dropout)
+        self.dropout = check_probability("dropout", dropout)
         self.norm = check_choice("norm", norm, NORMS)
         self.stem = _Layer(num_joints * 5, hidden, self.dropout, norm)
         self.blocks = nn.ModuleList(
@@ -643,10 +637,6 @@ def gbi_refine(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    return check_int("batch_size", batch_size)
-
-
 @torch.no_grad()
 def energies(energy: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Eval-mode energies of poses ``y`` (N, J, 3, metres) for inputs ``x`` (N, J, 2).
@@ -656,7 +646,7 @@ def energies(energy: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     """
     if not isinstance(energy, nn.Module):
         raise TypeError(f"energy: expected a torch.nn.Module, got {type(energy).__name__}")
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     _check_poses("y", y)
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != y.shape[0]:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -685,6 +675,6 @@ def prediction_energy(energy: nn.Module, task_net: nn.Module, x: torch.Tensor, b
     """
     if not isinstance(task_net, nn.Module):
         raise TypeError(f"task_net: expected a torch.nn.Module, got {type(task_net).__name__}")
-    _check_batch_size(batch_size)
+    check_int("batch_size", batch_size)
     y_hat = predict(task_net, x, batch_size=batch_size, device=_module_device(task_net))
     return float(energies(energy, x, y_hat, batch_size=batch_size).double().mean())

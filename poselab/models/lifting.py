@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from poselab.checks import check_choice, check_like_model
+from poselab.checks import check_choice, check_like_model, check_probability
 
 __all__ = [
     "LIFTERS",
@@ -108,12 +108,6 @@ def _check_int(arg: str, value, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{arg}: expected an int >= {minimum}, got {value!r}")
     return value
-
-
-def _check_dropout(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"dropout: expected a probability in [0, 1), got {value!r}")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- base
@@ -203,7 +197,7 @@ class MLPEncoder(_Encoder):
         self.num_joints = _check_int("num_joints", num_joints)
         _check_int("hidden", hidden)
         _check_int("num_blocks", num_blocks, minimum=0)
-        dropout = _check_dropout(dropout)
+        dropout = check_probability("dropout", dropout)
         self.stem = _LinearBlock(num_joints * 2, hidden, dropout)
         self.blocks = nn.ModuleList(
             nn.Sequential(_LinearBlock(hidden, hidden, dropout), _LinearBlock(hidden, hidden, dropout))
@@ -253,7 +247,7 @@ class ConvEncoder(_Encoder):
         self.num_joints = _check_int("num_joints", num_joints)
         _check_int("channels", channels)
         _check_int("num_blocks", num_blocks, minimum=0)
-        dropout = _check_dropout(dropout)
+        dropout = check_probability("dropout", dropout)
         self.expand = _ConvBlock(num_joints * 2, channels, dropout)
         self.blocks = nn.ModuleList(
             nn.Sequential(_ConvBlock(channels, channels, dropout), _ConvBlock(channels, channels, dropout))
@@ -382,7 +376,7 @@ class SemGCNEncoder(_Encoder):
         self.num_joints = _check_int("num_joints", num_joints)
         _check_int("hidden", hidden)
         _check_int("num_blocks", num_blocks, minimum=0)
-        dropout = _check_dropout(dropout)
+        dropout = check_probability("dropout", dropout)
         if parents is None:
             if num_joints != len(H36M17_PARENTS):
                 raise ValueError(
@@ -446,7 +440,7 @@ class JointTransformerEncoder(_Encoder):
         _check_int("depth", depth)
         _check_int("heads", heads)
         _check_int("ff_dim", ff_dim)
-        dropout = _check_dropout(dropout)
+        dropout = check_probability("dropout", dropout)
         if dim % heads:
             raise ValueError(f"dim: expected a multiple of heads={heads}, got {dim}")
         self.embed = nn.Linear(2, dim)

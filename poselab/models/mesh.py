@@ -70,7 +70,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from poselab.checks import check_choice, check_int, check_like_model
+from poselab.checks import check_choice, check_float_tensor, check_int, check_like_model
 
 __all__ = [
     "MESH_REGRESSORS",
@@ -123,13 +123,6 @@ _LOGIT_EPS = 1e-4  # set_initial clamps phenotypes to [eps, 1 - eps] before the 
 # ----------------------------------------------------------------------------- rotations and cameras
 
 
-def _check_float(arg: str, x, shape_text: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{arg}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg}: expected a floating-point tensor of shape {shape_text}, got dtype {x.dtype}")
-
-
 def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
     """6D rotation representation -> rotation matrices (Zhou et al. 2019, "On the Continuity of
     Rotation Representations in Neural Networks").
@@ -147,7 +140,7 @@ def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 3, 3)`` rotation matrices (orthonormal, det +1), same dtype and device.
     """
-    _check_float("x", x, "(..., 6)")
+    check_float_tensor("x", x)
     if x.ndim < 1 or x.shape[-1] != 6:
         raise ValueError(f"x: expected 6D rotations of shape (..., 6), got {tuple(x.shape)}")
     columns = x.unflatten(-1, (2, 3)).transpose(-1, -2)  # (..., 3, 2): a1, a2 as columns
@@ -165,7 +158,7 @@ def matrix_to_rotation_6d(R: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 6)``: ``(R[..., :, 0], R[..., :, 1])``.
     """
-    _check_float("R", R, "(..., 3, 3)")
+    check_float_tensor("R", R)
     if R.ndim < 2 or tuple(R.shape[-2:]) != (3, 3):
         raise ValueError(f"R: expected rotation matrices of shape (..., 3, 3), got {tuple(R.shape)}")
     return R[..., :, :2].transpose(-1, -2).flatten(-2)
@@ -173,7 +166,7 @@ def matrix_to_rotation_6d(R: torch.Tensor) -> torch.Tensor:
 
 def _check_camera_args(focal, center, size) -> None:
     for arg, x in (("focal", focal), ("center", center)):
-        _check_float(arg, x, "(..., 2)")
+        check_float_tensor(arg, x)
         if x.ndim < 1 or x.shape[-1] != 2:
             raise ValueError(f"{arg}: expected crop intrinsics of shape (..., 2) pixels, got {tuple(x.shape)}")
     check_int("size", size)
@@ -206,7 +199,7 @@ def camera_translation(camera: torch.Tensor, focal: torch.Tensor, center: torch.
     Returns:
         ``(..., 3)`` metres, camera frame: ``t = (x, y, z)``.
     """
-    _check_float("camera", camera, "(..., 3)")
+    check_float_tensor("camera", camera)
     if camera.ndim < 1 or camera.shape[-1] != 3:
         raise ValueError(
             f"camera: expected weak-perspective cameras (s, tx, ty) of shape (..., 3), got {tuple(camera.shape)}"
@@ -234,7 +227,7 @@ def translation_to_camera(
     Returns:
         ``(..., 3)`` ``(s, tx, ty)``.
     """
-    _check_float("translation", translation, "(..., 3)")
+    check_float_tensor("translation", translation)
     if translation.ndim < 1 or translation.shape[-1] != 3:
         raise ValueError(f"translation: expected positions of shape (..., 3) metres, got {tuple(translation.shape)}")
     _check_camera_args(focal, center, size)
@@ -295,10 +288,10 @@ def to_pose_parameters(prediction: MeshPrediction, translation: torch.Tensor) ->
         ``(B, 31, 4, 4)``.
     """
     rotations = getattr(prediction, "rotations", None)
-    _check_float("prediction.rotations", rotations, f"(B, {NUM_BONES}, 3, 3)")
+    check_float_tensor("prediction.rotations", rotations)
     if rotations.ndim != 4 or tuple(rotations.shape[1:]) != (NUM_BONES, 3, 3):
         raise ValueError(f"prediction.rotations: expected shape (B, {NUM_BONES}, 3, 3), got {tuple(rotations.shape)}")
-    _check_float("translation", translation, "(B, 3)")
+    check_float_tensor("translation", translation)
     if tuple(translation.shape) != (rotations.shape[0], 3):
         raise ValueError(
             f"translation: expected shape ({rotations.shape[0]}, 3), one per prediction, "
@@ -458,7 +451,7 @@ class MeshRegressor(nn.Module):
 
         ``params = init_params``, then ``iterations`` times ``params = params + head([features, params])``.
         """
-        _check_float("features", features, f"(B, {self.feature_size})")
+        check_float_tensor("features", features)
         if features.ndim != 2 or features.shape[1] != self.feature_size:
             raise ValueError(f"features: expected shape (B, {self.feature_size}), got {tuple(features.shape)}")
         check_like_model("features", features, self.head[-1].weight, "features")
@@ -522,7 +515,7 @@ class MeshRegressor(nn.Module):
 def _batched(arg: str, x, shape: tuple[int, ...]) -> torch.Tensor:
     """``x`` of shape ``shape`` or ``(N, *shape)`` (N >= 1) -> ``(N, *shape)``."""
     shown = ", ".join(map(str, shape))
-    _check_float(arg, x, f"({shown}) or (N, {shown})")
+    check_float_tensor(arg, x)
     if tuple(x.shape) == shape:
         return x[None]
     if x.ndim == len(shape) + 1 and tuple(x.shape[1:]) == shape and x.shape[0] > 0:
