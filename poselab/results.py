@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 
+STATUSES = ("holds", "fails", "within_noise", "not_testable", "undecided")
+"""What a measurement decides about a claim. ``within_noise``: the measured difference is smaller than
+the run-to-run spread measured for it; ``not_testable``: a precondition failed (e.g. the base model is
+below its competence bar), the note says which; ``undecided``: the measurement cannot decide."""
+
+_STATUS_OF_HOLDS = {True: "holds", False: "fails", None: "undecided"}
+
+
 @dataclass
 class Claim:
     """One claim of a paper, checked on our data.
@@ -24,9 +32,13 @@ class Claim:
         claim: the claim in words.
         paper: the paper's figure or statement (text: papers report in their own units).
         measured: our figure (text, with units).
-        holds: ``True``/``False`` as measured; ``None`` when the measurement cannot decide.
-        note: for a claim that does not hold here, the likely reason (computed from the
-            measurements where possible); empty otherwise.
+        holds: ``True``/``False``, the claim's predicate on the measurement; ``None`` when it
+            cannot be evaluated.
+        note: for a claim that does not hold here (or is not decided), the likely reason (computed
+            from the measurements where possible); empty otherwise.
+        status: one of :data:`STATUSES`; by default the one ``holds`` gives (``holds``, ``fails``,
+            ``undecided``). ``within_noise`` and ``not_testable`` keep the predicate in ``holds``
+            and need a ``note``.
     """
 
     id: str
@@ -35,10 +47,19 @@ class Claim:
     measured: str
     holds: bool | None
     note: str = ""
+    status: str = ""
 
     def __post_init__(self) -> None:
         if self.holds is not None and not isinstance(self.holds, bool):
             raise TypeError(f"Claim {self.id!r}: holds must be True, False or None, got {self.holds!r}")
+        if not self.status:
+            self.status = _STATUS_OF_HOLDS[self.holds]
+        if self.status not in STATUSES:
+            raise ValueError(f"Claim {self.id!r}: unknown status {self.status!r}; expected one of {STATUSES}")
+        if self.status in _STATUS_OF_HOLDS.values() and self.status != _STATUS_OF_HOLDS[self.holds]:
+            raise ValueError(f"Claim {self.id!r}: status {self.status!r} contradicts holds={self.holds!r}")
+        if self.status in ("within_noise", "not_testable") and not self.note:
+            raise ValueError(f"Claim {self.id!r}: status {self.status!r} needs a note saying why")
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,13 +133,12 @@ class Results:
         return path
 
     def claims_rows(self) -> list[list[str]]:
-        """Rows ``[claim, paper, ours, holds, note]`` with holds as ``yes``/``no``/``undecided``."""
-        verdict = {True: "yes", False: "no", None: "undecided"}
-        return [[c.claim, c.paper, c.measured, verdict[c.holds], c.note] for c in self.claims]
+        """Rows ``[claim, paper, ours, status, note]`` (status in words: ``holds``, ``within noise``...)."""
+        return [[c.claim, c.paper, c.measured, c.status.replace("_", " "), c.note] for c in self.claims]
 
     def claims_table(self) -> str:
         """The claims as a plain-text table (for terminals and logs)."""
-        header = ["claim", "paper", "ours", "holds", "likely reason if not"]
+        header = ["claim", "paper", "ours", "status", "likely reason if not"]
         rows = [header] + self.claims_rows()
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -127,7 +147,7 @@ class Results:
     def claims_markdown(self) -> str:
         """The claims as a Markdown table (what the chapters display)."""
         esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-        out = ["| claim | paper | ours | holds | likely reason if not |", "|---|---|---|---|---|"]
+        out = ["| claim | paper | ours | status | likely reason if not |", "|---|---|---|---|---|"]
         out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.claims_rows()]
         return "\n".join(out)
 

@@ -106,7 +106,7 @@ def test_reproduce_writes_the_documented_json(tmp_path, capsys):
     assert set(doc) == {"experiment", "profile", "device", "seed", "seconds", "metrics", "claims"}
     assert (doc["experiment"], doc["profile"], doc["device"], doc["seed"]) == ("data", "fast", "cpu", 0)
     assert {c["id"] for c in doc["claims"]} == {"simple_baseline_in_domain", "cross_domain_gap", "high_dar_is_harder"}
-    assert all(set(c) == {"id", "claim", "paper", "measured", "holds", "note"} for c in doc["claims"])
+    assert all(set(c) == {"id", "claim", "paper", "measured", "holds", "note", "status"} for c in doc["claims"])
     assert all(bool(c["note"]) == (c["holds"] is False) for c in doc["claims"])
     printed = capsys.readouterr().out
     assert "claims:" in printed and "cross" in printed

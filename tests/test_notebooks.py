@@ -61,7 +61,7 @@ def test_chapter_executes_at_fast(chapter, executed):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert any("| claim | paper | ours | holds |" in m for m in markdown), "no claims table was displayed"
+    assert any("| claim | paper | ours | status |" in m for m in markdown), "no claims table was displayed"
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs), "no plotly figure"
 
 

@@ -21,16 +21,16 @@ def test_to_dict_is_json_with_the_documented_keys(tmp_path):
     assert set(doc) == {"experiment", "profile", "device", "seed", "seconds", "metrics", "claims"}
     assert doc["metrics"] == {"a": 1.5, "nested": {"b": 2.0, "nan": None}}
     assert doc["claims"][0] == {"id": "c1", "claim": "error falls", "paper": "10 mm", "measured": "8.0 mm",
-                                "holds": True, "note": ""}
+                                "holds": True, "note": "", "status": "holds"}
     assert doc["seconds"] == 1.235
 
 
 def test_tables_show_every_claim_and_verdict():
     res = _results()
     table = res.claims_table()
-    assert "error falls" in table and "undecided" in table and "yes" in table
+    assert "error falls" in table and "undecided" in table and "holds" in table
     md = res.claims_markdown().splitlines()
-    assert md[0] == "| claim | paper | ours | holds | likely reason if not |"
+    assert md[0] == "| claim | paper | ours | status | likely reason if not |"
     assert md[3] == "| x \\| y | qualitative | n/a | undecided | too few samples |"
     assert "profile=fast" in res.summary()
 
@@ -38,6 +38,18 @@ def test_tables_show_every_claim_and_verdict():
 def test_claim_holds_must_be_a_bool_or_none():
     with pytest.raises(TypeError, match="holds must be True, False or None"):
         Claim("c", "claim", "p", "m", 1)
+
+
+def test_claim_status_follows_holds_unless_noise_or_a_failed_precondition_decides():
+    assert [Claim("c", "x", "p", "m", h).status for h in (True, False, None)] == ["holds", "fails", "undecided"]
+    noisy = Claim("c", "x", "p", "1.2 vs 1.1 mm", True, note="spread over seeds 0.4 mm", status="within_noise")
+    assert noisy.holds is True and noisy.status == "within_noise"
+    with pytest.raises(ValueError, match="needs a note"):
+        Claim("c", "x", "p", "m", None, status="not_testable")
+    with pytest.raises(ValueError, match="contradicts holds=False"):
+        Claim("c", "x", "p", "m", False, status="holds")
+    with pytest.raises(ValueError, match="unknown status 'maybe'"):
+        Claim("c", "x", "p", "m", None, status="maybe")
 
 
 def test_outline_names_the_claims_without_any_measured_value():
