@@ -103,7 +103,7 @@ def test_fast_run_structure(fast_results):
 
 
 def test_a_checkpointed_rerun_resumes_instead_of_retraining(fast_run, monkeypatch):
-    import poselab.methods.meta_tto as mt
+    import poselab.methods.meta_tto.training as mt_training
 
     first = fast_run("meta_tto")
     names = sorted(p.name for p in first.checkpoint_dir.iterdir())
@@ -112,7 +112,7 @@ def test_a_checkpointed_rerun_resumes_instead_of_retraining(fast_run, monkeypatc
     def no_step(*args, **kwargs):
         raise AssertionError("the rerun must load the finished checkpoints, not train")
 
-    monkeypatch.setattr(mt, "_mesh_step", no_step)
+    monkeypatch.setattr(mt_training, "_mesh_step", no_step)
     second = exp.run("fast", device="cpu", seed=0, progress=False, checkpoint_dir=first.checkpoint_dir)
     assert {n: r["history"] for n, r in second.metrics["runs"].items()} == \
         {n: r["history"] for n, r in first.results.metrics["runs"].items()}

@@ -11,11 +11,12 @@ from poselab.checks import seed_everything
 from poselab.data.body import body_model
 from poselab.data.images import render_image_set
 from poselab.methods import meta_tto as mt  # imported as a module: pytest would collect mt.test_loss
+from poselab.methods.meta_tto import training as mt_training
 from poselab.methods.meta_tto import (DetectorNoise, LossWeights, MeshTargets, MetaTTOConfig, evaluate_mesh,
                                       inner_step, inner_step_loop, mesh_targets, meta_loss, meta_loss_loop,
                                       meta_step, norm_parameter_names, predict_stacked, targets_as_prediction,
                                       training_loss, training_terms)
-from poselab.models.mesh import MeshPrediction, MeshRegressor
+from poselab.models.mesh import MeshPrediction, MeshRegressor, rotation_6d_to_matrix
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 F64 = torch.float64
@@ -185,7 +186,7 @@ def test_losses_gradcheck(targets, body):
     camera = (oracle.camera + 0.05).requires_grad_()
 
     def f(r6, camera):
-        pred = MeshPrediction(r6, mt.rotation_6d_to_matrix(r6), oracle.phenotypes, camera)
+        pred = MeshPrediction(r6, rotation_6d_to_matrix(r6), oracle.phenotypes, camera)
         return training_loss(pred, t, body) + mt.test_loss(pred, t.detected, t.focal, t.center, t.size, body,
                                                            aux=oracle, aux_weight=0.3, visible=t.visible)
 
@@ -702,7 +703,7 @@ def test_train_step_is_the_meta_step_with_its_terms(targets, images, body, mode)
     cfg = config(**mode)
     nets = [make_net(0), make_net(1)] if cfg.use_aux else [make_net(0)]
     copies = [copy.deepcopy(n) for n in nets]
-    stats = mt._mesh_step(*nets[:1], nets[1] if cfg.use_aux else None,
+    stats = mt_training._mesh_step(*nets[:1], nets[1] if cfg.use_aux else None,
                           torch.optim.SGD([p for n in nets for p in n.parameters()], lr=0.1), x, t, body, cfg)
     with torch.no_grad():
         expected = meta_loss(*copies[:1], copies[1] if cfg.use_aux else None, x, t, body, cfg)
@@ -781,7 +782,7 @@ def test_train_mesh_on_cuda(data):
 def test_train_mesh_resumes_bitwise_after_an_interruption(data, tmp_path, monkeypatch):
     cfg = train_config(iterations=4, log_every=2, use_meta=True, use_aux=True)
     full, full_aux, full_history = train(data, cfg, seed=0)
-    real, calls = mt._mesh_step, []
+    real, calls = mt_training._mesh_step, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -790,10 +791,10 @@ def test_train_mesh_resumes_bitwise_after_an_interruption(data, tmp_path, monkey
         return real(*args, **kwargs)
 
     path = tmp_path / "mesh.safetensors"
-    monkeypatch.setattr(mt, "_mesh_step", interrupted)
+    monkeypatch.setattr(mt_training, "_mesh_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(data, cfg, seed=0, checkpoint_path=path)
-    monkeypatch.setattr(mt, "_mesh_step", real)
+    monkeypatch.setattr(mt_training, "_mesh_step", real)
     resumed, resumed_aux, history = train(data, cfg, seed=0, checkpoint_path=path)
     assert history.records == full_history.records
     for a, b in ((resumed, full), (resumed_aux, full_aux)):
