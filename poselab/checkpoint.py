@@ -28,7 +28,7 @@ from poselab.tensorfile import load_tensor_file, save_tensor_file, tensor_sha256
 
 __all__ = ["START_OVER", "pack", "unpack", "save_state", "load_state", "read_state", "check_fingerprint",
            "rng_state", "set_rng_state", "config_differences", "module_fingerprint", "describe_callable",
-           "data_sha256", "check_checkpoint_path"]
+           "data_sha256", "module_state_sha256", "check_checkpoint_path"]
 
 START_OVER = ("start over with resume=False (on the command line: --fresh), "
               "or use another checkpoint folder")
@@ -40,16 +40,19 @@ _TENSOR, _ARRAY, _TUPLE, _MAP = "__tensor__", "__ndarray__", "__tuple__", "__map
 def pack(state: Any) -> tuple[dict[str, torch.Tensor], Any]:
     """``(tensors, skeleton)``: every tensor of ``state`` under a name, and a JSON-serialisable copy
     of ``state`` that refers to them. Dicts with keys other than str, tuples and NumPy arrays are
-    encoded so that :func:`unpack` restores them exactly. Raises ``TypeError`` for anything else."""
+    encoded so that :func:`unpack` restores them exactly; NumPy scalars come back as the Python
+    number of the same value. Raises ``TypeError`` for anything else."""
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(value: Any, path: str) -> Any:
+        if path in tensors:  # e.g. a key "a/b" beside a nested {"a": {"b": ...}}
+            raise ValueError(f"checkpoint state: two values would be stored as {path!r}; rename one of them")
         if isinstance(value, torch.Tensor):
             tensors[path] = value.detach()
             return {_TENSOR: path}
         if isinstance(value, np.ndarray):
-            tensors[path] = torch.from_numpy(np.ascontiguousarray(value).astype(np.int64)
-                                             if value.dtype == np.uint32 else np.ascontiguousarray(value))
+            array = np.ascontiguousarray(value).reshape(value.shape)  # ascontiguousarray makes 0-d arrays 1-d
+            tensors[path] = torch.from_numpy(array.astype(np.int64) if value.dtype == np.uint32 else array)
             return {_ARRAY: path, "dtype": str(value.dtype)}
         if isinstance(value, (bool, int, float, str, type(None))):
             return value
@@ -259,6 +262,16 @@ def module_fingerprint(model: nn.Module) -> dict[str, Any]:
         if name not in stored:
             out[f"{name}:constant"] = tensor_sha256(buf)
     return out
+
+
+def module_state_sha256(module: nn.Module) -> str:
+    """One SHA-256 of every tensor of ``module.state_dict()``, names included (its starting weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(f"{name}={tensor_sha256(value)};".encode())
+    return digest.hexdigest()
 
 
 def data_sha256(**tensors: torch.Tensor) -> dict[str, str]:

@@ -19,10 +19,11 @@ runs the steps and owns everything around them:
   record of its window and one NaN record per remaining point (``"record"``: a diverged run keeps
   the layout of one that did not);
 - **progress**: a ``tqdm`` bar over steps;
-- **checkpoints**: after every record, atomically, one safetensors file (:mod:`poselab.checkpoint`)
-  with every module, the optimiser, scheduler, streams, global random states, the task's own
-  state, the history and the step. A rerun with the same fingerprint continues from it and ends
-  bitwise equal to an uninterrupted run (same machine, same thread count).
+- **checkpoints**: before the first step and after every record, atomically, one safetensors file
+  (:mod:`poselab.checkpoint`) with every module, the optimiser, scheduler, streams, global random
+  states, the task's own state, the history and the step. A rerun with the same fingerprint
+  continues from it and ends bitwise equal to an uninterrupted run (same machine, same thread
+  count); a diverged run is saved as finished.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from torch import nn
 
 from poselab.checkpoint import check_checkpoint_path, load_state, module_fingerprint, rng_state, save_state, set_rng_state
 from poselab.checks import check_choice, check_int, check_seed, seed_everything
+from poselab.tensorfile import tensor_sha256
 
-__all__ = ["History", "log_points", "append_window_record", "Streams", "stream_seed", "Task", "fit",
+__all__ = ["History", "log_points", "Streams", "stream_seed", "Task", "fit",
            "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "poselab.engine/1"
@@ -53,12 +55,11 @@ SYNC = ("step", "record")
 
 @dataclass
 class History:
-    """Per-epoch training records.
-
-    ``records[i]`` describes epoch ``i + 1`` with keys ``epoch`` (1-based int),
-    ``train_loss`` (mean loss over the epoch's samples), ``lr`` (the learning rate used
-    in that epoch), ``seconds`` (wall time of training + evaluation) and one
-    ``"{set}/{metric}"`` float per evaluation set and metric, e.g. ``"test_in/mpjpe_mm"``.
+    """The records of a run, one per record point of :func:`fit` (and one at step 0 with
+    ``record_start``): ``iteration`` (steps taken), ``lr``, the task's summary of the window
+    (e.g. :func:`~poselab.train.train_model`'s ``epoch`` and ``train_loss``), one
+    ``"{set}/{metric}"`` float per evaluation, and ``diverged`` / ``seconds`` where the run asks
+    for them.
     """
 
     records: list[dict] = field(default_factory=list)
@@ -108,50 +109,6 @@ def log_points(iterations: int, log_every: int) -> list[int]:
     check_int("iterations", iterations)
     check_int("log_every", log_every)
     return sorted({*range(log_every, iterations + 1, log_every), iterations})
-
-
-def append_window_record(history: History, window: Sequence[Mapping[str, float]], point: int, lr: float,
-                         points: Sequence[int], evaluate: Callable[[dict], None], eval_keys: Sequence[str],
-                         diverged: bool, extra: Mapping[str, float] | None = None) -> dict:
-    """Close a window of steps of a step-based loop (HamiPose, mesh meta-training): append its record.
-
-    The record is ``{"iteration": point, "lr": lr}``, the mean over the window of each of its steps'
-    values (NaN propagates), ``extra`` (values the caller computed for the window), then either the
-    evaluations (``evaluate(record)`` adds them) or, when the run ``diverged``, ``eval_keys`` set to
-    NaN (a non-finite network has no meaningful prediction), and ``diverged`` (1.0 or 0.0). After a
-    divergence, one record per remaining log point in ``points`` follows, every value NaN but
-    ``iteration`` and ``diverged``: a diverged run keeps the record layout of one that did not.
-
-    Args:
-        history: the run's :class:`History` (records are appended).
-        window: the steps' values since the previous record (at least one step).
-        point: the log point of this record (``iteration``).
-        lr: the learning rate of the window's last step.
-        points: every log point of the run (:func:`log_points`).
-        evaluate: adds evaluations to a record in place.
-        eval_keys: the keys ``evaluate`` adds (set to NaN on divergence).
-        diverged: the run diverged in this window.
-        extra: more per-window values, placed after the means.
-
-    Returns:
-        The record of the window.
-    """
-    if not window:
-        raise ValueError("window: expected the values of at least one step, got none")
-    record: dict = {"iteration": point, "lr": lr}
-    for key in window[0]:
-        record[key] = float(sum(w[key] for w in window) / len(window))
-    record.update(extra or {})
-    if diverged:
-        record.update(dict.fromkeys(eval_keys, math.nan))
-    else:
-        evaluate(record)
-    record["diverged"] = float(diverged)
-    history.records.append(record)
-    if diverged:
-        for later in (p for p in points if p > point):
-            history.records.append({**dict.fromkeys(record, math.nan), "iteration": later, "diverged": 1.0})
-    return record
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -257,7 +214,8 @@ def _record_points(steps: int, record_at: Sequence[int] | None) -> list[int]:
 def _as_floats(window: list[Mapping[str, Any]]) -> list[dict[str, float]]:
     """The window's values as floats, with one device sync for all of its tensors."""
     tensors = [v for w in window for v in w.values() if isinstance(v, torch.Tensor)]
-    numbers = iter(torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist() if tensors else [])
+    numbers = iter(torch.stack([t.detach().to(tensors[0].device, torch.float64).reshape(()) for t in tensors]).tolist()
+                   if tensors else [])
     return [{k: next(numbers) if isinstance(v, torch.Tensor) else float(v) for k, v in w.items()} for w in window]
 
 
@@ -291,13 +249,18 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
         device: the task's device (for the CUDA random state of a checkpoint); default: that of the
             first parameter.
         progress, desc, unit, postfix: the ``tqdm`` bar and the record values shown on it.
-        callbacks: ``callback(record, history)`` after every record (after its checkpoint).
+        callbacks: ``callback(record, history)`` after every record, once its checkpoint is written (a
+            callback that draws random numbers or changes a module breaks exact resume).
     """
     check_int("steps", steps, 1)
     check_int("scheduler_every", scheduler_every, 1)
-    check_seed(seed)
+    seed = check_seed(seed)
     check_choice("on_divergence", on_divergence, DIVERGENCE)
     check_choice("sync", sync, SYNC)
+    if watch is not None:
+        if isinstance(watch, str) or not all(isinstance(k, str) for k in watch):
+            raise TypeError(f"watch: expected a sequence of value names such as ('loss',), got {watch!r}")
+        watch = tuple(watch)
     points = _record_points(steps, record_at)
     path = None if checkpoint is None else check_checkpoint_path("checkpoint", checkpoint)
     streams = Streams(seed) if streams is None else streams
@@ -306,28 +269,41 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
         device = first.device if first is not None else torch.device("cpu")
     if seed_global:
         seed_everything(seed)
-    run_fingerprint = {"task": task.fingerprint(), "run": dict(fingerprint or {}), "steps": steps,
-                       "record_at": points, "scheduler_every": scheduler_every, "seed": seed,
-                       "streams": streams.names()}
-    history, start = History(), 0
+    # the JSON form is made now, so that a value a file cannot hold fails before any training
+    run_fingerprint = _jsonable({
+        "task": task.fingerprint(), "run": dict(fingerprint or {}), "steps": steps, "record_at": points,
+        "scheduler_every": scheduler_every, "seed": seed, "seed_global": seed_global, "record_start": record_start,
+        "on_divergence": on_divergence, "watch": watch,
+        "streams": {name: tensor_sha256(s) for name, s in streams.state_dict().items()},
+        "optimizer": {"class": f"{type(task.optimizer).__module__}.{type(task.optimizer).__qualname__}",
+                      "groups": [{k: v for k, v in g.items() if k != "params"} | {"size": len(g["params"])}
+                                 for g in task.optimizer.param_groups]},
+        "scheduler": None if task.scheduler is None else type(task.scheduler).__qualname__})
+    history, start, eval_keys = History(), 0, []
     if path is not None and resume and path.exists():
-        state = load_state(path, _jsonable(run_fingerprint), format=CHECKPOINT_FORMAT)
+        state = load_state(path, run_fingerprint, format=CHECKPOINT_FORMAT)
         _restore(task, streams, state, device)
-        history, start = History.from_dict(state["history"]), int(state["step"])
+        history, start, eval_keys = History.from_dict(state["history"]), int(state["step"]), list(state["eval_keys"])
         if start >= steps:
             return history
+
+    def save(step: int) -> None:
+        if path is not None:
+            save_state(path, _state(task, streams, history, step, eval_keys, device), run_fingerprint,
+                       format=CHECKPOINT_FORMAT)
 
     def lr() -> float:
         return float(task.optimizer.param_groups[0]["lr"])
 
-    eval_keys: list[str] = []
-    if start == 0 and record_start:
-        evaluation = task.evaluate()
-        eval_keys = list(evaluation)
-        record = {"iteration": 0, "lr": lr(), **task.start_record(), **evaluation}
-        if on_divergence == "record":
-            record["diverged"] = 0.0
-        history.records.append(record)
+    if start == 0 and not history.records:
+        if record_start:
+            evaluation = task.evaluate()
+            eval_keys = list(evaluation)
+            record = {"iteration": 0, "lr": lr(), **task.start_record(), **evaluation}
+            if on_divergence == "record":
+                record["diverged"] = 0.0
+            history.records.append(record)
+        save(0)  # a run interrupted in its first window restarts from exactly this point
 
     bar = None
     if progress:
@@ -365,6 +341,8 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
             point = next(p for p in points if p >= done)
             record = {"iteration": point, "lr": step_lr, **task.summarise(window)}
             if diverged:
+                if not eval_keys:  # no evaluation was recorded yet: learn its keys (values of a broken model)
+                    eval_keys = list(_evaluation_keys(task))
                 record.update({key: math.nan for key in eval_keys})
             else:
                 evaluation = task.evaluate()
@@ -379,14 +357,13 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
                 for later in points[points.index(point) + 1:]:
                     history.records.append({**{k: math.nan for k in record if k not in ("iteration", "diverged")},
                                             "iteration": later, "diverged": 1.0})
-                break
-            if path is not None:
-                save_state(path, _state(task, streams, history, done, device), _jsonable(run_fingerprint),
-                           format=CHECKPOINT_FORMAT)
+            save(steps if diverged else done)  # a diverged run is finished: a rerun returns its history
             if bar is not None:
                 bar.set_postfix({k: f"{record[k]:.4g}" for k in postfix if k in record}, refresh=False)
             for callback in callbacks:
                 callback(record, history)
+            if diverged:
+                break
             window, window_start = [], time.perf_counter()
     finally:
         if bar is not None:
@@ -394,19 +371,42 @@ def fit(task: Task, *, steps: int, seed: int, streams: Streams | None = None, re
     return history
 
 
+def _evaluation_keys(task: Task) -> list[str]:
+    try:
+        return list(task.evaluate())
+    except Exception:  # a non-finite network may not even evaluate
+        return []
+
+
 def _all_finite(window: list[Mapping[str, float]], watch: Sequence[str] | None) -> bool:
     return all(math.isfinite(v) for w in window for k, v in w.items() if watch is None or k in watch)
 
 
 def _jsonable(value: Any) -> Any:
-    """The fingerprint as it reads back from a file (tuples become lists)."""
+    """The fingerprint as it reads back from a file: tuples become lists, non-finite floats their
+    ``repr`` (NaN != NaN would make a fingerprint differ from itself); ``TypeError`` for a value
+    JSON cannot hold."""
     import json
 
-    return json.loads(json.dumps(value))
+    def plain(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return repr(v)
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    try:
+        return json.loads(json.dumps(plain(value)))
+    except TypeError as exc:
+        raise TypeError(f"fingerprint: {exc}; a run's settings must be plain values (ints, floats, strings, "
+                        f"lists, dicts)") from None
 
 
-def _state(task: Task, streams: Streams, history: History, step: int, device: torch.device) -> dict[str, Any]:
-    return {"modules": {name: m.state_dict() for name, m in task.modules.items()},
+def _state(task: Task, streams: Streams, history: History, step: int, eval_keys: list[str],
+           device: torch.device) -> dict[str, Any]:
+    return {"modules": {name: m.state_dict() for name, m in task.modules.items()}, "eval_keys": list(eval_keys),
             "optimizer": task.optimizer.state_dict(),
             "scheduler": None if task.scheduler is None else task.scheduler.state_dict(),
             "streams": streams.state_dict(), "rng": rng_state(device), "task": task.state_dict(),

@@ -40,8 +40,8 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     """SHA-256 (hex) of a tensor's dtype, shape and every byte of its values.
 
     The bytes are those of a CPU contiguous copy, so the digest is the same on every device and
-    for every memory layout; two tensors have the same digest exactly when ``torch.equal`` holds
-    and their dtypes and shapes agree (NaNs with the same bits included). Draws no random numbers.
+    for every memory layout; two tensors have the same digest exactly when their dtypes, shapes and bits
+    agree (so ``0.0`` and ``-0.0`` differ, and NaNs with the same bits agree). Draws no random numbers.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"tensor_sha256: expected a torch.Tensor, got {type(tensor).__name__}")

@@ -56,3 +56,10 @@ def test_a_pickle_is_refused_unexecuted(tmp_path):
     with pytest.raises(ValueError, match="could not be read.*delete it, or start over"):
         C.load_state(tmp_path / "s.safetensors", {}, format="test/1")
     assert not marker.exists()
+
+
+def test_zero_d_arrays_keep_their_shape_and_colliding_names_are_refused():
+    tensors, skeleton = C.pack({"a": np.array(3.5)})
+    assert C.unpack(tensors, skeleton)["a"].shape == ()
+    with pytest.raises(ValueError, match="two values would be stored as '/a/b'"):
+        C.pack({"a/b": torch.ones(1), "a": {"b": torch.zeros(1)}})

@@ -133,3 +133,55 @@ def test_only_watched_values_signal_divergence():
         _run(NaNStat())
     history = _run(NaNStat(), watch=("loss",))
     assert len(history.records) == 3 and math.isnan(history.records[-1]["confidence"])
+
+
+class Interrupted(Toy):
+    """Raises KeyboardInterrupt (like a Ctrl-C) at optimisation step ``at`` (0-based)."""
+
+    def __init__(self, at, **kw):
+        super().__init__(**kw)
+        self.at = at
+
+    def step(self, iteration, streams):
+        if iteration == self.at:
+            raise KeyboardInterrupt
+        return super().step(iteration, streams)
+
+
+def test_an_interruption_in_the_first_window_restarts_from_the_starting_point(tmp_path):
+    """The task trains its modules in place; without the step-0 checkpoint a rerun would start
+    from the weights the interrupted window left behind."""
+    reference = _run(Toy())
+    ckpt, task = tmp_path / "run.safetensors", Interrupted(at=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(task, checkpoint=ckpt)
+    task.at = None  # the same objects, their weights moved by two steps
+    _same(_run(task, checkpoint=ckpt), reference)
+
+
+def test_divergence_after_a_resume_keeps_the_record_layout_and_a_diverged_run_is_finished(tmp_path):
+    uninterrupted = _run(Toy(blow_up_at=9), on_divergence="record", record_start=True)
+    ckpt, task = tmp_path / "run.safetensors", Interrupted(at=6, blow_up_at=9)
+    with pytest.raises(KeyboardInterrupt):
+        _run(task, checkpoint=ckpt, on_divergence="record", record_start=True)
+    resumed = _run(Toy(blow_up_at=9), checkpoint=ckpt, on_divergence="record", record_start=True)
+    assert [set(r) for r in resumed.records] == [set(r) for r in uninterrupted.records]
+    assert [r["diverged"] for r in resumed.records] == [0.0, 0.0, 0.0, 1.0]
+    again = Interrupted(at=0, blow_up_at=9)  # a finished (diverged) run is returned, not trained
+    assert len(_run(again, checkpoint=ckpt, on_divergence="record", record_start=True).records) == 4
+
+
+def test_a_fingerprint_with_nan_or_numpy_values_matches_itself(tmp_path):
+    import numpy as np
+
+    ckpt = tmp_path / "run.safetensors"
+    _run(Toy(), checkpoint=ckpt, fingerprint={"clip": math.nan}, seed=np.int64(3))
+    task = Interrupted(at=0)  # training again would raise
+    _run(task, checkpoint=ckpt, fingerprint={"clip": math.nan}, seed=3)
+    with pytest.raises(TypeError, match="fingerprint: .*plain values"):
+        _run(Toy(), checkpoint=tmp_path / "other.safetensors", fingerprint={"fn": print})
+
+
+def test_watch_must_name_values():
+    with pytest.raises(TypeError, match="watch: expected a sequence of value names"):
+        _run(Toy(), watch="loss")

@@ -816,7 +816,9 @@ def test_train_hamipose_resumes_bitwise_after_an_interruption(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train_hamipose(tiny_net(), data, cfg, checkpoint_path=path, **kw)
     monkeypatch.setattr(hp, "hamipose_step", real)
-    student, teacher, history = train_hamipose(tiny_net(seed=9), data, cfg, checkpoint_path=path, **kw)
+    with pytest.raises(ValueError, match="initial: .* in the checkpoint vs .* now"):  # another starting network
+        train_hamipose(tiny_net(seed=9), data, cfg, checkpoint_path=path, **kw)
+    student, teacher, history = train_hamipose(tiny_net(), data, cfg, checkpoint_path=path, **kw)
     assert history.records == full.records
     for a, b in ((student, full_student), (teacher, full_teacher)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -197,7 +197,9 @@ def test_train_ssl_resume_after_an_interruption_is_bitwise(tmp_path, monkeypatch
     state, _ = read_state(path, format=CHECKPOINT_FORMAT)
     assert state["step"] == 2 and not list(tmp_path.glob("*.tmp"))
     torch.rand(100)  # another global RNG state in the "new session"
-    resumed, history = train_ssl([net(5), net(6)], data, config("dual", iterations=6), checkpoint_path=path, **kw)
+    with pytest.raises(ValueError, match="initial: .* in the checkpoint vs .* now"):  # other starting networks
+        train_ssl([net(5), net(6)], data, config("dual", iterations=6), checkpoint_path=path, **kw)
+    resumed, history = train_ssl([net(0), net(1)], data, config("dual", iterations=6), checkpoint_path=path, **kw)
     assert history.records == full_history.records
     for a, b in zip(full, resumed):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

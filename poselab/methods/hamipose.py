@@ -113,7 +113,7 @@ import torch
 from torch import nn
 
 from poselab import optim as O
-from poselab.checkpoint import check_checkpoint_path, data_sha256
+from poselab.checkpoint import check_checkpoint_path, data_sha256, module_state_sha256
 from poselab.checks import check_choice, check_float_tensor, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import EASY, AugmentConfig, augment
 from poselab.heatmap_learning import (as_float_images, evaluate_heatmaps, joints_mse_loss, masked_mse_loss,
@@ -1021,6 +1021,7 @@ def train_hamipose(network: nn.Module, data: UDAData, config: HamiPoseConfig, *,
     task = HamiPoseTask(network, data, config, eval_sets, dev)
     fingerprint = None if path is None else {
         "config": asdict(config), "data": data_sha256(**{f.name: getattr(data, f.name) for f in fields(data)}),
+        "initial": module_state_sha256(network),
         "eval_sets": {name: data_sha256(**{str(i): t for i, t in enumerate(items)})
                       for name, items in sorted(eval_sets.items())}}
     history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds=dict(zip(STREAMS, _stream_seeds(seed)))),

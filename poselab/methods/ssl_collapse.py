@@ -61,7 +61,7 @@ from torch import nn
 
 from poselab import metrics as M
 from poselab import optim as O
-from poselab.checkpoint import check_checkpoint_path
+from poselab.checkpoint import check_checkpoint_path, module_state_sha256
 from poselab.checks import check_choice, check_int, check_positive, check_shape, resolve_device
 from poselab.data.augment import EASY, HARD, AugmentConfig, augment
 from poselab.engine import History, Streams, Task, fit, log_points
@@ -377,7 +377,9 @@ def train_ssl(networks: Sequence[nn.Module], data: SSLData, config: SSLConfig, *
     history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds={"ssl": seed}),
                   record_at=log_points(config.iterations, config.log_every), record_start=True,
                   on_divergence="record", watch=("loss",), seed_global=False, checkpoint=path, resume=resume,
-                  fingerprint=None if path is None else _fingerprint(config, data, seed, eval_sets), device=dev,
+                  fingerprint=None if path is None else {**_fingerprint(config, data, seed, eval_sets),
+                                                         "initial": [module_state_sha256(n) for n in networks]},
+                  device=dev,
                   progress=progress, desc=config.method, postfix=("loss", "response"))
     for net in nets:
         net.eval()

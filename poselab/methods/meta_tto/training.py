@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from poselab import optim as O
-from poselab.checkpoint import check_checkpoint_path, data_sha256
+from poselab.checkpoint import check_checkpoint_path, data_sha256, module_state_sha256
 from poselab.checks import check_int, resolve_device
 from poselab.data.body import BodyModel, body_model
 from poselab.data.images import PersonImages
@@ -216,6 +216,7 @@ def train_mesh(network: nn.Module, data: PersonImages, config: MetaTTOConfig, *,
     task = MeshTask(network, aux_network, data, config, eval_sets, warmup, noise, dev)
     fingerprint = None if path is None else {
         "config": asdict(config), "warmup": warmup, "noise": asdict(noise), "data": _images_sha256(data),
+        "initial": [module_state_sha256(n) for n in (network, aux_network) if n is not None],
         "eval_sets": {name: _images_sha256(images) for name, images in sorted(eval_sets.items())}}
     mode = ("meta" if config.use_meta else "regression") + ("+aux" if config.use_aux else "")
     history = fit(task, steps=config.iterations, seed=seed, streams=Streams(seeds={"batches": 2 * seed, "noise": 2 * seed + 1}),
