@@ -166,10 +166,11 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     network = build_heatmap_net(cfg["net"], num_keypoints=test.keypoints.shape[1], input_size=cfg["size"])
     uda = _uda(data["source"], data["target"])
     pre_cfg = replace(base, iterations=cfg["pretrain"], **ABLATION["source_only"])
-    t0 = time.perf_counter()
+
     def checkpoint(name: str):
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"hamipose-{profile}-{name}-seed{seed}.safetensors"
 
+    t0 = time.perf_counter()
     pretrained, _, pre_history = train_hamipose(network, uda, pre_cfg, eval_sets=evals, device=dev, seed=seed,
                                                 progress=progress, checkpoint_path=checkpoint("pretrain"),
                                                 resume=resume)

@@ -137,10 +137,11 @@ def run(profile: str = "book", device: str = "auto", seed: int = 0, progress: bo
     pre_cfg = mt.MetaTTOConfig(iterations=cfg["pretrain"], batch=cfg["batch"], lr=cfg["pretrain_lr"],
                                use_meta=False, use_aux=False, log_every=cfg["log_every"])
     evals = {name: data[name] for name in TEST_SETS}
-    t0 = time.perf_counter()
+
     def checkpoint(name: str):
         return None if checkpoint_dir is None else Path(checkpoint_dir) / f"meta_tto-{profile}-{name}-seed{seed}.safetensors"
 
+    t0 = time.perf_counter()
     pretrained, _, pre_history = mt.train_mesh(network, train, pre_cfg, eval_sets=evals, device=dev, seed=seed,
                                                progress=progress, checkpoint_path=checkpoint("pretrain"), resume=resume)
     metrics: dict = {"net": cfg["net"], "train": len(train), "test": cfg["test"], "pretrain": cfg["pretrain"],
